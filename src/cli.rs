@@ -1,0 +1,420 @@
+//! The `spillway` command line: `serve` and `call`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch,
+    RecordBatchOptions, StringArray,
+};
+use arrow_schema::{DataType, Field, Schema};
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{CallRequest, Client, ClientConfig};
+use crate::config::{spawn_retention_sweep, LogFormat, ServeArgs};
+use crate::error::{Error, Result};
+use crate::url_policy::UrlPolicy;
+
+/// Arrow RPC (vgi-rpc over HTTP) that carries results of any size through object storage.
+#[derive(Debug, Parser)]
+#[command(name = "spillway", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the RPC server (with the built-in `spillway.Demo.v1` protocol).
+    Serve(ServeArgs),
+    /// Call a unary method and print its result.
+    Call(CallArgs),
+}
+
+/// `spillway call` settings.
+#[derive(Debug, Clone, Args)]
+pub struct CallArgs {
+    /// `PROTOCOL.METHOD`, e.g. `spillway.Demo.v1.blob` (the method is after the last dot).
+    pub target: String,
+    /// Parameters as `name=value` (type inferred: int64, float64, bool, else utf8) or
+    /// `name:TYPE=value` with TYPE one of int64, float64, bool, utf8, binary; `@PATH` as a
+    /// utf8 or binary value reads the file.
+    pub params: Vec<String>,
+    /// Server base URL.
+    #[arg(long, env = "SPILLWAY_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Mount prefix of the server's routes.
+    #[arg(long, env = "SPILLWAY_PREFIX", default_value = "")]
+    pub prefix: String,
+    /// `vgi_rpc.protocol_version` to send, for protocols that declare a version.
+    #[arg(long, env = "SPILLWAY_PROTOCOL_VERSION")]
+    pub protocol_version: Option<String>,
+    /// Write the result as an Arrow IPC stream to this file instead of printing a table.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Allow pointer URLs over plain http (URLs on the server's own origin always are).
+    #[arg(long, env = "SPILLWAY_ALLOW_HTTP")]
+    pub allow_http: bool,
+    /// Allow pointer URLs on loopback addresses.
+    #[arg(long, env = "SPILLWAY_ALLOW_LOOPBACK")]
+    pub allow_loopback: bool,
+    /// Allow pointer URLs on private networks (10/8, 172.16/12, 192.168/16, fc00::/7).
+    #[arg(long, env = "SPILLWAY_ALLOW_PRIVATE_NETWORKS")]
+    pub allow_private_networks: bool,
+    /// Largest externalized object downloaded (stored bytes).
+    #[arg(long, env = "SPILLWAY_MAX_FETCH_BYTES", default_value_t = 16 * 1024 * 1024 * 1024)]
+    pub max_fetch_bytes: u64,
+    /// Send request bodies uncompressed.
+    #[arg(long)]
+    pub no_compression: bool,
+    /// Seconds allowed for the call.
+    #[arg(long, env = "SPILLWAY_CALL_TIMEOUT", default_value_t = 600)]
+    pub timeout: u64,
+}
+
+/// Runs the command line; every failure is returned as one [`Error`].
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Call(args) => call(args).await,
+    }
+}
+
+/// Installs the tracing subscriber (`RUST_LOG` overrides the default level).
+pub fn init_tracing(default: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    init_tracing("info", args.log_format);
+    let (server, local) = args.build_server()?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener.local_addr()?;
+    if let Some(store) = local {
+        spawn_retention_sweep(store, Duration::from_secs(args.local_retention));
+    }
+    tracing::info!(
+        listen = %addr,
+        public_url = %args.public_url()?,
+        prefix = %args.prefix,
+        storage = ?args.storage,
+        threshold_bytes = args.threshold_bytes,
+        compression = %args.compression,
+        "spillway serving protocol {}",
+        crate::demo::PROTOCOL
+    );
+    axum::serve(listener, server.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight calls");
+}
+
+/// Splits `PROTOCOL.METHOD` at the last dot.
+pub fn split_target(target: &str) -> Result<(&str, &str)> {
+    match target.rsplit_once('.') {
+        Some((p, m)) if !p.is_empty() && !m.is_empty() => Ok((p, m)),
+        _ => Err(Error::Config(format!(
+            "target must be PROTOCOL.METHOD (e.g. spillway.Demo.v1.blob), got {target:?}"
+        ))),
+    }
+}
+
+/// Builds the one-row parameter batch from `name[:TYPE]=value` arguments.
+pub fn parse_params(args: &[String]) -> Result<RecordBatch> {
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for arg in args {
+        let (lhs, value) = arg.split_once('=').ok_or_else(|| {
+            Error::Config(format!("parameter must be name=value or name:TYPE=value, got {arg:?}"))
+        })?;
+        let (name, ty) = match lhs.split_once(':') {
+            Some((n, t)) => (n, Some(t.to_ascii_lowercase())),
+            None => (lhs, None),
+        };
+        if name.is_empty() {
+            return Err(Error::Config(format!("parameter without a name: {arg:?}")));
+        }
+        let ty = ty.unwrap_or_else(|| infer_type(value).to_string());
+        let bad = |what: &str| Error::Config(format!("parameter {name}: {value:?} is not {what}"));
+        let (dt, col): (DataType, ArrayRef) = match ty.as_str() {
+            "int64" | "int" | "i64" => (
+                DataType::Int64,
+                Arc::new(Int64Array::from(vec![value.parse::<i64>().map_err(|_| bad("an int64"))?])),
+            ),
+            "float64" | "float" | "f64" | "double" => (
+                DataType::Float64,
+                Arc::new(Float64Array::from(vec![value
+                    .parse::<f64>()
+                    .map_err(|_| bad("a float64"))?])),
+            ),
+            "bool" | "boolean" => (
+                DataType::Boolean,
+                Arc::new(BooleanArray::from(vec![value
+                    .parse::<bool>()
+                    .map_err(|_| bad("true or false"))?])),
+            ),
+            "utf8" | "string" | "str" => {
+                let text = match value.strip_prefix('@') {
+                    Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                        Error::Config(format!("parameter {name}: cannot read {path}: {e}"))
+                    })?,
+                    None => value.to_string(),
+                };
+                (DataType::Utf8, Arc::new(StringArray::from(vec![text])))
+            }
+            "binary" | "bytes" => {
+                let data = match value.strip_prefix('@') {
+                    Some(path) => std::fs::read(path).map_err(|e| {
+                        Error::Config(format!("parameter {name}: cannot read {path}: {e}"))
+                    })?,
+                    None => value.as_bytes().to_vec(),
+                };
+                (
+                    DataType::Binary,
+                    Arc::new(BinaryArray::from_vec(vec![&data[..]])),
+                )
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "parameter {name}: unknown type {other:?} (use int64, float64, bool, utf8 or binary)"
+                )))
+            }
+        };
+        fields.push(Field::new(name, dt, false));
+        columns.push(col);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let rows = if columns.is_empty() { 0 } else { 1 };
+    Ok(RecordBatch::try_new_with_options(
+        schema,
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
+}
+
+fn infer_type(value: &str) -> &'static str {
+    if value.parse::<i64>().is_ok() {
+        "int64"
+    } else if value.parse::<f64>().is_ok() {
+        "float64"
+    } else if value == "true" || value == "false" {
+        "bool"
+    } else {
+        "utf8"
+    }
+}
+
+async fn call(args: CallArgs) -> Result<()> {
+    init_tracing("warn", LogFormat::Text);
+    let (protocol, method) = split_target(&args.target)?;
+    let params = parse_params(&args.params)?;
+    let mut config = ClientConfig {
+        prefix: args.prefix.clone(),
+        request_compression: if args.no_compression { None } else { Some(1) },
+        timeout: Duration::from_secs(args.timeout.max(1)),
+        ..ClientConfig::default()
+    };
+    config.fetch.policy = UrlPolicy {
+        allow_http: args.allow_http,
+        allow_loopback: args.allow_loopback,
+        allow_private_networks: args.allow_private_networks,
+        trusted_origins: Vec::new(),
+    };
+    config.fetch.max_fetch_bytes = args.max_fetch_bytes;
+    config.fetch.max_decompressed_bytes = args.max_fetch_bytes.saturating_mul(4);
+    let started = Instant::now();
+    let client = Client::new(&args.url, config)?;
+    let out = client
+        .call_with(CallRequest {
+            protocol: protocol.to_string(),
+            method: method.to_string(),
+            params,
+            protocol_version: args.protocol_version.clone(),
+            metadata: Default::default(),
+        })
+        .await?;
+    for log in &out.logs {
+        eprintln!("[{}] {}", log.level, log.message);
+    }
+    if let Some(ext) = &out.externalized {
+        let secs = ext.stats.elapsed.as_secs_f64().max(1e-9);
+        eprintln!(
+            "externalized result: {} stored ({} decoded) fetched in {:.1} ms ({}/s) from {}",
+            human_bytes(ext.stats.encoded_bytes),
+            human_bytes(ext.stats.decoded_bytes),
+            secs * 1000.0,
+            human_bytes((ext.stats.decoded_bytes as f64 / secs) as u64),
+            ext.url
+        );
+    } else {
+        eprintln!("inline result");
+    }
+    match &args.output {
+        Some(path) => {
+            let schema = out.batch.schema();
+            let bytes = crate::wire::write_stream(
+                &schema,
+                &[crate::wire::MetaBatch::plain(out.batch.clone())],
+            )?;
+            std::fs::write(path, &bytes)
+                .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
+            eprintln!("wrote {} to {}", human_bytes(bytes.len() as u64), path.display());
+        }
+        None => println!("{}", format_table(&out.batch)?),
+    }
+    eprintln!("done in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
+    Ok(())
+}
+
+/// `1.5 MiB`-style sizes.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Most characters shown per cell; longer values are summarized.
+const MAX_CELL_CHARS: usize = 64;
+/// Most rows printed.
+const MAX_ROWS: usize = 50;
+
+/// A table of the batch, with long cells summarized (a 1 GiB binary prints as its size and
+/// first bytes, not as 2 GiB of hex).
+pub fn format_table(batch: &RecordBatch) -> Result<String> {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::ASCII_FULL_CONDENSED);
+    let schema = batch.schema();
+    table.set_header(
+        schema
+            .fields()
+            .iter()
+            .map(|f| format!("{}: {}", f.name(), f.data_type())),
+    );
+    let options = arrow_cast::display::FormatOptions::default().with_null("null");
+    let formatters = batch
+        .columns()
+        .iter()
+        .map(|c| arrow_cast::display::ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    for row in 0..batch.num_rows().min(MAX_ROWS) {
+        let mut cells = Vec::new();
+        for (col, fmt) in batch.columns().iter().zip(&formatters) {
+            cells.push(cell_text(col.as_ref(), fmt, row));
+        }
+        table.add_row(cells);
+    }
+    let mut out = table.to_string();
+    if batch.num_rows() > MAX_ROWS {
+        out.push_str(&format!(
+            "\n... {} more rows (use --output FILE for all of them)",
+            batch.num_rows() - MAX_ROWS
+        ));
+    }
+    Ok(out)
+}
+
+fn cell_text(col: &dyn Array, fmt: &arrow_cast::display::ArrayFormatter<'_>, row: usize) -> String {
+    if let Some(b) = col.as_any().downcast_ref::<BinaryArray>() {
+        if b.is_valid(row) && b.value(row).len() * 2 > MAX_CELL_CHARS {
+            let v = b.value(row);
+            let head: String = v.iter().take(8).map(|x| format!("{x:02x}")).collect();
+            return format!("<{} bytes: {head}...>", v.len());
+        }
+    }
+    let text = fmt.value(row).to_string();
+    if text.chars().count() > MAX_CELL_CHARS {
+        let head: String = text.chars().take(MAX_CELL_CHARS).collect();
+        format!("{head}... ({} chars)", text.chars().count())
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_parse_and_infer() {
+        let b = parse_params(&[
+            "size=10".into(),
+            "ratio=0.5".into(),
+            "flag=true".into(),
+            "name=abc".into(),
+            "data:binary=xyz".into(),
+        ])
+        .unwrap();
+        let types: Vec<_> = b.schema().fields().iter().map(|f| f.data_type().clone()).collect();
+        assert_eq!(
+            types,
+            vec![DataType::Int64, DataType::Float64, DataType::Boolean, DataType::Utf8, DataType::Binary]
+        );
+        assert!(b.schema().fields().iter().all(|f| !f.is_nullable()));
+        assert_eq!(b.num_rows(), 1);
+        assert_eq!(parse_params(&[]).unwrap().num_rows(), 0);
+        for bad in ["novalue", "=1", "x:int64=abc", "x:weird=1", "x:binary=@/nonexistent/file"] {
+            assert!(parse_params(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets_split_at_last_dot() {
+        assert_eq!(split_target("spillway.Demo.v1.blob").unwrap(), ("spillway.Demo.v1", "blob"));
+        assert!(split_target("blob").is_err());
+        assert!(split_target("x.").is_err());
+    }
+
+    #[test]
+    fn big_binary_cells_are_summarized() {
+        let b = crate::demo::binary_result_batch(vec![0xab; 1000]).unwrap();
+        let t = format_table(&b).unwrap();
+        assert!(t.contains("<1000 bytes: abababababababab...>"), "{t}");
+        assert!(t.len() < 400);
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12), "12 B");
+    }
+}

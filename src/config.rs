@@ -1,0 +1,244 @@
+//! Settings for `spillway serve`: environment variables (the deployment contract), with
+//! command-line flags overriding them. Every setting is listed in the README.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use spillway_storage::Storage;
+use spillway_storage_local::{LocalStore, LocalStoreConfig};
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::externalize::{Compression, ExternalizeConfig};
+use crate::server::{normalize_prefix, Server, ServerConfig};
+
+/// Where the local store's objects are served, under the server's prefix.
+pub const LOCAL_STORE_PATH: &str = "/__storage__";
+
+/// Which object store externalized payloads go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageKind {
+    /// The embedded store: a directory, served by this server over signed URLs.
+    Local,
+    /// Amazon S3 and S3-compatible stores.
+    S3,
+    /// Google Cloud Storage.
+    Gcs,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `spillway serve` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SPILLWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Mount prefix of every route, e.g. `/vgi` (empty: root).
+    #[arg(long, env = "SPILLWAY_PREFIX", default_value = "")]
+    pub prefix: String,
+    /// Object store for externalized payloads.
+    #[arg(long, env = "SPILLWAY_STORAGE", value_enum, default_value = "local")]
+    pub storage: StorageKind,
+    /// Bucket (s3, gcs).
+    #[arg(long, env = "SPILLWAY_BUCKET")]
+    pub bucket: Option<String>,
+    /// Prefix of every object key, e.g. `spillway/`.
+    #[arg(long, env = "SPILLWAY_KEY_PREFIX", default_value = "spillway/")]
+    pub key_prefix: String,
+    /// Directory of the local store [default: <temp dir>/spillway-objects].
+    #[arg(long, env = "SPILLWAY_LOCAL_DIR")]
+    pub local_dir: Option<PathBuf>,
+    /// Base URL clients use to reach this server (and the local store's objects)
+    /// [default: http://<listen>].
+    #[arg(long, env = "SPILLWAY_PUBLIC_URL")]
+    pub public_url: Option<Url>,
+    /// Results whose buffers hold at least this many bytes are externalized.
+    #[arg(long, env = "SPILLWAY_THRESHOLD_BYTES", default_value_t = 1024 * 1024)]
+    pub threshold_bytes: u64,
+    /// Object compression: `zstd`, `zstd:LEVEL` (1-22) or `none`.
+    #[arg(long, env = "SPILLWAY_COMPRESSION", default_value = "zstd")]
+    pub compression: Compression,
+    /// Lifetime in seconds of the presigned download URL in each pointer.
+    #[arg(long, env = "SPILLWAY_PRESIGN_TTL", default_value_t = 3600)]
+    pub presign_ttl: u64,
+    /// Largest request body, raw or decoded (413 above; larger requests use upload URLs).
+    #[arg(long, env = "SPILLWAY_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_request_bytes: u64,
+    /// Largest inline response body (unset: only the client's budget applies).
+    #[arg(long, env = "SPILLWAY_MAX_RESPONSE_BYTES")]
+    pub max_response_bytes: Option<u64>,
+    /// Largest externalized payload (uncompressed IPC bytes) of one result.
+    #[arg(
+        long,
+        env = "SPILLWAY_MAX_EXTERNALIZED_RESPONSE_BYTES",
+        default_value_t = 8 * 1024 * 1024 * 1024
+    )]
+    pub max_externalized_response_bytes: u64,
+    /// Largest object accepted through an upload URL.
+    #[arg(long, env = "SPILLWAY_MAX_UPLOAD_BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+    /// Lifetime in seconds of vended upload/download URL pairs.
+    #[arg(long, env = "SPILLWAY_UPLOAD_URL_TTL", default_value_t = 3600)]
+    pub upload_url_ttl: u64,
+    /// Secret (at least 32 bytes) signing local-store URLs; share it between replicas
+    /// [default: random per process].
+    #[arg(long, env = "SPILLWAY_SIGNING_SECRET", hide_env_values = true)]
+    pub signing_secret: Option<String>,
+    /// Local-store objects older than this many seconds are deleted (0: keep forever).
+    #[arg(long, env = "SPILLWAY_LOCAL_RETENTION", default_value_t = 86400)]
+    pub local_retention: u64,
+    /// Longest a method may run, in seconds.
+    #[arg(long, env = "SPILLWAY_METHOD_TIMEOUT", default_value_t = 600)]
+    pub method_timeout: u64,
+    /// Largest `blob` the demo protocol generates.
+    #[arg(long, env = "SPILLWAY_DEMO_MAX_BLOB_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub demo_max_blob_bytes: u64,
+    /// Log format.
+    #[arg(long, env = "SPILLWAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// The public base URL (configured, or derived from the listen address).
+    pub fn public_url(&self) -> Result<Url> {
+        let url = match &self.public_url {
+            Some(u) => u.clone(),
+            None => {
+                let host = if self.listen.ip().is_unspecified() {
+                    "127.0.0.1".to_string()
+                } else {
+                    match self.listen.ip() {
+                        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                        ip => ip.to_string(),
+                    }
+                };
+                Url::parse(&format!("http://{host}:{}/", self.listen.port()))
+                    .map_err(|e| Error::Config(format!("public url: {e}")))?
+            }
+        };
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(Error::Config(format!(
+                "SPILLWAY_PUBLIC_URL must be an http(s) url with a host, got {url}"
+            )));
+        }
+        Ok(url)
+    }
+
+    fn signing_secret(&self) -> Result<Vec<u8>> {
+        match &self.signing_secret {
+            Some(s) if s.len() >= 32 => Ok(s.as_bytes().to_vec()),
+            Some(_) => Err(Error::Config(
+                "SPILLWAY_SIGNING_SECRET must be at least 32 bytes".into(),
+            )),
+            None => {
+                let mut secret = vec![0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+                Ok(secret)
+            }
+        }
+    }
+
+    /// The server settings these arguments describe.
+    pub fn server_config(&self) -> Result<ServerConfig> {
+        if self.threshold_bytes == 0 {
+            return Err(Error::Config("SPILLWAY_THRESHOLD_BYTES must be at least 1".into()));
+        }
+        if self.max_request_bytes < 4096 {
+            return Err(Error::Config(
+                "SPILLWAY_MAX_REQUEST_BYTES must be at least 4096 (pointer and token requests need room)".into(),
+            ));
+        }
+        Ok(ServerConfig {
+            prefix: normalize_prefix(&self.prefix),
+            max_request_bytes: self.max_request_bytes,
+            max_response_bytes: self.max_response_bytes,
+            max_upload_bytes: self.max_upload_bytes,
+            upload_url_ttl: Duration::from_secs(self.upload_url_ttl.max(1)),
+            method_timeout: Duration::from_secs(self.method_timeout.max(1)),
+            externalize: ExternalizeConfig {
+                threshold_bytes: self.threshold_bytes,
+                compression: self.compression,
+                presign_ttl: Duration::from_secs(self.presign_ttl.max(1)),
+                max_externalized_bytes: Some(self.max_externalized_response_bytes),
+                ..ExternalizeConfig::default()
+            },
+            ..ServerConfig::default()
+        })
+    }
+
+    /// Builds the server (demo protocol, storage, routes). Returns the local store too, when
+    /// that is the storage, so the caller can run its retention sweep.
+    pub fn build_server(&self) -> Result<(Server, Option<Arc<LocalStore>>)> {
+        let config = self.server_config()?;
+        let prefix = config.prefix.clone();
+        let demo = crate::demo::protocol_with_limit(self.demo_max_blob_bytes)?;
+        let server = Server::new(config).with_protocol(demo);
+        match self.storage {
+            StorageKind::Local => {
+                let root = self
+                    .local_dir
+                    .clone()
+                    .unwrap_or_else(|| std::env::temp_dir().join("spillway-objects"));
+                let mut public_base = self.public_url()?;
+                let base_path = format!(
+                    "{}{prefix}{LOCAL_STORE_PATH}/",
+                    public_base.path().trim_end_matches('/')
+                );
+                public_base.set_path(&base_path);
+                public_base.set_query(None);
+                let store = Arc::new(LocalStore::new(LocalStoreConfig {
+                    root,
+                    key_prefix: self.key_prefix.clone(),
+                    public_base,
+                    secret: self.signing_secret()?,
+                    max_object_bytes: self.max_upload_bytes,
+                })?);
+                let routes = store.clone().router();
+                let storage: Arc<dyn Storage> = store.clone();
+                Ok((
+                    server
+                        .with_storage(storage)
+                        .with_storage_routes(LOCAL_STORE_PATH, routes),
+                    Some(store),
+                ))
+            }
+            StorageKind::S3 | StorageKind::Gcs => Err(Error::Config(format!(
+                "SPILLWAY_STORAGE={} is not available in this build yet; use local",
+                match self.storage {
+                    StorageKind::S3 => "s3",
+                    _ => "gcs",
+                }
+            ))),
+        }
+    }
+}
+
+/// Runs the local store's retention sweep every few minutes.
+pub fn spawn_retention_sweep(store: Arc<LocalStore>, retention: Duration) {
+    if retention.is_zero() {
+        return;
+    }
+    let period = (retention / 4).clamp(Duration::from_secs(10), Duration::from_secs(600));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            match store.sweep_older_than(retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "local store retention sweep"),
+                Err(e) => tracing::warn!(error = %e, "local store retention sweep failed"),
+            }
+        }
+    });
+}

@@ -1,0 +1,134 @@
+//! The crate's one error type.
+
+use spillway_storage::StorageError;
+
+use crate::wire::RpcError;
+
+/// Everything that can go wrong in Spillway's library code. Messages are lowercase and never
+/// contain signed query strings: every URL in an error has been through
+/// [`spillway_storage::redact_url`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bytes that should be an Arrow IPC stream are not one (or break a size limit inside it).
+    #[error("malformed arrow ipc stream: {0}")]
+    Ipc(String),
+    /// An Arrow operation failed (schema mismatch, cast, invalid array).
+    #[error("arrow error: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    /// The peer broke the vgi-rpc protocol (wrong batch layout, missing metadata, ...).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The remote side answered with an RPC error (an EXCEPTION batch).
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// A limit was exceeded; `limit_name` is the configuration knob (e.g. `max_fetch_bytes`).
+    #[error("{what} exceeds {limit_name} ({limit} bytes)")]
+    TooLarge {
+        /// What was too large.
+        what: String,
+        /// The name of the limit, as the protocol spells it.
+        limit_name: &'static str,
+        /// The limit's value.
+        limit: u64,
+    },
+    /// An externalized payload is larger than `max_externalized_response_bytes`.
+    #[error("Externalised payload exceeds max_externalized_response_bytes ({actual} > {cap}) for method '{method}'")]
+    ExternalizedTooLarge {
+        /// Bytes (at least) of the payload.
+        actual: u64,
+        /// The cap.
+        cap: u64,
+        /// The method whose result it was.
+        method: String,
+    },
+    /// A URL was refused by the URL policy (scheme, address, or not this server's storage).
+    #[error("URL rejected: {url}: {reason}")]
+    UrlRejected {
+        /// The redacted URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// Redirects went on longer than allowed, or looped.
+    #[error("redirect limit of {limit} hops exceeded fetching {url}")]
+    RedirectLimit {
+        /// The redacted URL.
+        url: String,
+        /// The hop limit.
+        limit: u32,
+    },
+    /// A fetched object does not hash to the pointer's sha256.
+    #[error("SHA-256 checksum mismatch for {url}: expected {expected}, got {actual}")]
+    Checksum {
+        /// The redacted URL.
+        url: String,
+        /// The digest the pointer announced.
+        expected: String,
+        /// The digest of the bytes received.
+        actual: String,
+    },
+    /// An HTTP exchange failed: connection, timeout, reset.
+    #[error("http error: {0}")]
+    Http(String),
+    /// A server answered with an unexpected status (403 for an expired or tampered URL,
+    /// 404 for a missing object, ...).
+    #[error("http status {status} from {url}")]
+    HttpStatus {
+        /// The status code.
+        status: u16,
+        /// The redacted URL.
+        url: String,
+    },
+    /// The object store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The configuration is invalid.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// A local I/O operation failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A background task died (panicked or was cancelled).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps a `reqwest` error without leaking the signed URL it may carry.
+    pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
+        let kind = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "connection failed"
+        } else if e.is_body() || e.is_decode() {
+            "error reading body"
+        } else if e.is_request() {
+            "request failed"
+        } else {
+            "error"
+        };
+        let url = e
+            .url()
+            .map(|u| spillway_storage::redact_url(u.as_str()))
+            .unwrap_or_default();
+        // The source chain can echo the URL: keep only the innermost cause's text, redacted.
+        let mut cause = String::new();
+        let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+        while let Some(s) = src {
+            cause = s.to_string();
+            src = s.source();
+        }
+        let cause = crate::redact::redact_text(&cause);
+        if cause.contains("URL rejected") {
+            return Error::UrlRejected { url, reason: cause };
+        }
+        if cause.is_empty() {
+            Error::Http(format!("{kind} for {url}"))
+        } else {
+            Error::Http(format!("{kind} for {url}: {cause}"))
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! Moves large result batches into object storage and replaces them with pointer batches.
+//!
+//! The object is produced in one pass on a blocking thread: the IPC stream writer feeds a
+//! counting sha256 hasher, which feeds the zstd encoder, which cuts its output into chunks that
+//! cross a bounded channel to the storage upload. Memory therefore stays at the batch itself,
+//! arrow's encoded body of it, and a few chunks, whatever the object's size.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_schema::SchemaRef;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use spillway_storage::{PresignMethod, PresignedUrl, PutOptions, PutPayload, Storage};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::wire::{pointer_batch, IpcStreamWriter, MetaBatch, ARROW_STREAM_CONTENT_TYPE};
+
+/// How externalized objects are compressed. Parsed from `zstd`, `zstd:LEVEL` (1..=22) or `none`.
+///
+/// ```
+/// use spillway::externalize::Compression;
+/// assert_eq!("zstd".parse::<Compression>().unwrap(), Compression::Zstd(3));
+/// assert_eq!("zstd:9".parse::<Compression>().unwrap(), Compression::Zstd(9));
+/// assert_eq!("none".parse::<Compression>().unwrap(), Compression::None);
+/// assert!("gzip:99".parse::<Compression>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Stored as raw IPC bytes.
+    None,
+    /// One zstd frame at this level; stored with `Content-Encoding: zstd`.
+    Zstd(i32),
+}
+
+impl Compression {
+    /// The level used by plain `zstd` (the protocol's reference default).
+    pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+    /// The `Content-Encoding` objects are stored with.
+    pub fn content_encoding(self) -> Option<&'static str> {
+        match self {
+            Compression::None => None,
+            Compression::Zstd(_) => Some("zstd"),
+        }
+    }
+}
+
+impl FromStr for Compression {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.split_once(':') {
+            None if s == "none" || s == "identity" => Ok(Compression::None),
+            None if s == "zstd" => Ok(Compression::Zstd(Self::DEFAULT_ZSTD_LEVEL)),
+            Some(("zstd", level)) => match level.parse::<i32>() {
+                Ok(l) if (1..=22).contains(&l) => Ok(Compression::Zstd(l)),
+                _ => Err(Error::Config(format!(
+                    "zstd level must be 1..=22, got {level:?}"
+                ))),
+            },
+            _ => Err(Error::Config(format!(
+                "compression must be `zstd`, `zstd:LEVEL` or `none`, got {s:?}"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Compression::None => f.write_str("none"),
+            Compression::Zstd(l) => write!(f, "zstd:{l}"),
+        }
+    }
+}
+
+/// Externalization policy.
+#[derive(Debug, Clone)]
+pub struct ExternalizeConfig {
+    /// Results whose buffers hold at least this many bytes are externalized.
+    pub threshold_bytes: u64,
+    /// Object compression.
+    pub compression: Compression,
+    /// Lifetime of the presigned GET URL put in the pointer.
+    pub presign_ttl: Duration,
+    /// Hard cap on the raw (uncompressed IPC) size of one externalized object.
+    pub max_externalized_bytes: Option<u64>,
+    /// Size of the chunks handed to the storage upload.
+    pub chunk_bytes: usize,
+}
+
+impl Default for ExternalizeConfig {
+    fn default() -> Self {
+        ExternalizeConfig {
+            threshold_bytes: 1024 * 1024,
+            compression: Compression::Zstd(Compression::DEFAULT_ZSTD_LEVEL),
+            presign_ttl: Duration::from_secs(3600),
+            max_externalized_bytes: None,
+            chunk_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// What one externalization produced.
+#[derive(Debug, Clone)]
+pub struct Externalized {
+    /// The pointer batch to put on the wire.
+    pub pointer: MetaBatch,
+    /// The presigned download URL (secret: log only its redacted form).
+    pub url: PresignedUrl,
+    /// Lowercase hex sha256 of the raw IPC bytes.
+    pub sha256: String,
+    /// Raw IPC bytes.
+    pub raw_bytes: u64,
+    /// Bytes stored (after compression).
+    pub stored_bytes: u64,
+    /// Wall time spent.
+    pub elapsed: Duration,
+}
+
+/// Writes objects to a [`Storage`] and makes pointers to them.
+#[derive(Debug, Clone)]
+pub struct Externalizer {
+    storage: Arc<dyn Storage>,
+    config: ExternalizeConfig,
+}
+
+impl Externalizer {
+    /// An externalizer over `storage` with `config`.
+    pub fn new(storage: Arc<dyn Storage>, config: ExternalizeConfig) -> Self {
+        Externalizer { storage, config }
+    }
+
+    /// The policy.
+    pub fn config(&self) -> &ExternalizeConfig {
+        &self.config
+    }
+
+    /// The storage objects go to.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The externalized-size cap error, worded as the protocol requires.
+    pub fn cap_error(&self, actual: u64, cap: u64, method: &str) -> Error {
+        Error::ExternalizedTooLarge {
+            actual,
+            cap,
+            method: method.to_string(),
+        }
+    }
+
+    /// Stores `batches` (one complete IPC stream on `schema`) as one object and returns a
+    /// pointer to it on `schema`. `estimated_bytes` is checked against the cap before any work.
+    pub async fn externalize(
+        &self,
+        schema: &SchemaRef,
+        batches: Vec<MetaBatch>,
+        estimated_bytes: u64,
+        method: &str,
+    ) -> Result<Externalized> {
+        let started = Instant::now();
+        let cap = self.config.max_externalized_bytes;
+        if let Some(cap) = cap {
+            if estimated_bytes > cap {
+                return Err(self.cap_error(estimated_bytes, cap, method));
+            }
+        }
+        let key = self.storage.new_key();
+        // Two chunks in flight: one being uploaded, one being filled.
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(2);
+        let compression = self.config.compression;
+        let chunk_bytes = self.config.chunk_bytes.max(64 * 1024);
+        let writer_schema = schema.clone();
+        let method_name = method.to_string();
+        let encode = tokio::task::spawn_blocking(move || {
+            let sink = ChunkSender {
+                tx: tx.clone(),
+                buf: BytesMut::with_capacity(chunk_bytes),
+                chunk_bytes,
+                sent: 0,
+            };
+            let result = encode_object(&writer_schema, &batches, compression, cap, sink);
+            if result.is_err() {
+                // Tell the upload to abort so no partial object is kept.
+                let _ = tx.blocking_send(Err(io::Error::other("the object encoder failed")));
+            }
+            result.map_err(|e| match e {
+                EncodeError::Cap(actual, cap) => Error::ExternalizedTooLarge {
+                    actual,
+                    cap,
+                    method: method_name,
+                },
+                EncodeError::Other(e) => e,
+            })
+        });
+        let stream = tokio_stream_from(rx);
+        let put = self.storage.put(
+            &key,
+            PutPayload::Stream {
+                stream,
+                size_hint: None,
+            },
+            PutOptions {
+                content_type: Some(ARROW_STREAM_CONTENT_TYPE.to_string()),
+                content_encoding: compression.content_encoding().map(str::to_string),
+            },
+        );
+        let (put_result, encode_result) = tokio::join!(put, encode);
+        let (sha256, raw_bytes, stored_bytes) = encode_result
+            .map_err(|e| Error::Internal(format!("encoder task failed: {e}")))??;
+        let meta = put_result?;
+        debug_assert_eq!(meta.size, stored_bytes);
+        let url = self
+            .storage
+            .presign(&key, PresignMethod::Get, self.config.presign_ttl)
+            .await?;
+        let pointer = pointer_batch(schema, url.url.as_str(), Some(&sha256));
+        Ok(Externalized {
+            pointer,
+            url,
+            sha256,
+            raw_bytes,
+            stored_bytes,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<io::Result<Bytes>>,
+) -> futures::stream::BoxStream<'static, io::Result<Bytes>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+enum EncodeError {
+    Cap(u64, u64),
+    Other(Error),
+}
+
+impl From<Error> for EncodeError {
+    fn from(e: Error) -> Self {
+        EncodeError::Other(e)
+    }
+}
+
+impl From<io::Error> for EncodeError {
+    fn from(e: io::Error) -> Self {
+        EncodeError::Other(Error::Io(e))
+    }
+}
+
+/// Returns (sha256 hex, raw bytes, stored bytes).
+fn encode_object(
+    schema: &SchemaRef,
+    batches: &[MetaBatch],
+    compression: Compression,
+    cap: Option<u64>,
+    sink: ChunkSender,
+) -> std::result::Result<(String, u64, u64), EncodeError> {
+    let counter = StoredCounter { inner: sink };
+    let (hasher, counter) = match compression {
+        Compression::None => {
+            let hasher = HashingWriter::new(Inner::Plain(counter), cap);
+            let hasher = write_batches(schema, batches, hasher)?;
+            let (digest, raw, inner) = hasher.finish();
+            match inner {
+                Inner::Plain(c) => ((digest, raw), c),
+                Inner::Zstd(_) => unreachable_inner()?,
+            }
+        }
+        Compression::Zstd(level) => {
+            let mut enc = zstd::stream::write::Encoder::new(counter, level)?;
+            enc.include_checksum(false)?;
+            let hasher = HashingWriter::new(Inner::Zstd(enc), cap);
+            let hasher = write_batches(schema, batches, hasher)?;
+            let (digest, raw, inner) = hasher.finish();
+            match inner {
+                Inner::Zstd(enc) => ((digest, raw), enc.finish()?),
+                Inner::Plain(_) => unreachable_inner()?,
+            }
+        }
+    };
+    let (digest, raw) = hasher;
+    let mut sink = counter.inner;
+    sink.flush_chunk()?;
+    Ok((digest, raw, sink.sent))
+}
+
+fn unreachable_inner<T>() -> std::result::Result<T, EncodeError> {
+    Err(EncodeError::Other(Error::Internal(
+        "compression layer changed while encoding".into(),
+    )))
+}
+
+fn write_batches(
+    schema: &SchemaRef,
+    batches: &[MetaBatch],
+    hasher: HashingWriter,
+) -> std::result::Result<HashingWriter, EncodeError> {
+    let raw = hasher.raw.clone();
+    let cap = hasher.cap;
+    // The cap trips inside io::Write, where only an io::Error can travel; the shared counter
+    // tells it apart from a real failure.
+    let classify = |e: Error| match cap {
+        Some(cap) if raw.load(Ordering::Relaxed) > cap => {
+            EncodeError::Cap(raw.load(Ordering::Relaxed), cap)
+        }
+        _ => EncodeError::Other(e),
+    };
+    let mut writer = IpcStreamWriter::try_new(hasher, schema.clone()).map_err(classify)?;
+    for b in batches {
+        writer.write(&b.batch, &b.metadata).map_err(classify)?;
+    }
+    writer.finish().map_err(classify)
+}
+
+enum Inner {
+    Plain(StoredCounter),
+    Zstd(zstd::stream::write::Encoder<'static, StoredCounter>),
+}
+
+impl Write for Inner {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Inner::Plain(w) => w.write(buf),
+            Inner::Zstd(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Inner::Plain(w) => w.flush(),
+            Inner::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+/// Hashes and counts the raw IPC bytes on their way to compression, enforcing the cap.
+struct HashingWriter {
+    hasher: Sha256,
+    raw: Arc<AtomicU64>,
+    cap: Option<u64>,
+    inner: Inner,
+}
+
+impl HashingWriter {
+    fn new(inner: Inner, cap: Option<u64>) -> Self {
+        HashingWriter {
+            hasher: Sha256::new(),
+            raw: Arc::new(AtomicU64::new(0)),
+            cap,
+            inner,
+        }
+    }
+
+    fn finish(self) -> (String, u64, Inner) {
+        let raw = self.raw.load(Ordering::Relaxed);
+        (hex::encode(self.hasher.finalize()), raw, self.inner)
+    }
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        let raw = self.raw.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if let Some(cap) = self.cap {
+            if raw > cap {
+                return Err(io::Error::other("externalized object exceeds its cap"));
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Passes bytes through to the chunker (kept as a layer so compressed output is what counts).
+struct StoredCounter {
+    inner: ChunkSender,
+}
+
+impl Write for StoredCounter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Cuts the byte stream into chunks and sends them to the upload, blocking when it lags.
+struct ChunkSender {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: BytesMut,
+    chunk_bytes: usize,
+    sent: u64,
+}
+
+impl ChunkSender {
+    fn flush_chunk(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.sent += chunk.len() as u64;
+        self.buf.reserve(self.chunk_bytes);
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::other("storage upload stopped before the object was complete"))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
+        let total = buf.len();
+        while !buf.is_empty() {
+            let room = self.chunk_bytes - self.buf.len();
+            let take = room.min(buf.len());
+            self.buf.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            if self.buf.len() >= self.chunk_bytes {
+                self.flush_chunk()?;
+            }
+        }
+        Ok(total)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! Reading request bodies within `max_request_bytes`, before and after decoding.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+
+use super::response::{json_error, request_too_large, ApiError};
+use crate::error::Error;
+use crate::object::decode_content;
+use crate::wire::{RpcError, ARROW_STREAM_CONTENT_TYPE};
+
+/// Rejects anything but the exact Arrow stream content type (415, Arrow error body).
+pub fn check_content_type(headers: &HeaderMap) -> Result<(), Response> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if ct == Some(ARROW_STREAM_CONTENT_TYPE) {
+        return Ok(());
+    }
+    Err(ApiError::client(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        RpcError::invalid_argument(format!(
+            "Content-Type must be {ARROW_STREAM_CONTENT_TYPE}, got {}",
+            ct.map(|c| format!("{c:?}")).unwrap_or_else(|| "none".into())
+        )),
+    )
+    .into_response())
+}
+
+/// Reads the body: 413 when Content-Length or the bytes streamed exceed `cap` (never reading
+/// more than cap + 1 bytes), then decodes a `zstd`/`gzip` Content-Encoding, 413 again when the
+/// decoded body exceeds `cap`, 415 for other encodings, 400 for undecodable data.
+pub async fn read_body(headers: &HeaderMap, body: Body, cap: u64) -> Result<Bytes, Response> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > cap {
+            return Err(request_too_large(cap));
+        }
+    }
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("identity") | Some("zstd") | Some("gzip") => {}
+        Some(other) => {
+            return Err(json_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported Content-Encoding",
+                &format!("Content-Encoding {other:?} is not supported; use zstd, gzip or none"),
+            ))
+        }
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(format!("error reading the request body: {e}")).into_response()
+        })?;
+        if (buf.len() + chunk.len()) as u64 > cap {
+            return Err(request_too_large(cap));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let raw = buf.freeze();
+    match encoding.as_deref() {
+        Some("zstd") | Some("gzip") => {
+            let enc = encoding.clone();
+            let decoded =
+                tokio::task::spawn_blocking(move || decode_content(raw, enc.as_deref(), cap))
+                    .await
+                    .map_err(|e| {
+                        ApiError::server(RpcError::internal(format!("decoder task failed: {e}")))
+                            .into_response()
+                    })?;
+            match decoded {
+                Ok(b) => Ok(b),
+                Err(Error::TooLarge { .. }) => Err(request_too_large(cap)),
+                Err(e) => Err(json_error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid request body encoding",
+                    &e.to_string(),
+                )),
+            }
+        }
+        _ => Ok(raw),
+    }
+}

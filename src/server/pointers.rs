@@ -1,0 +1,85 @@
+//! Resolving request pointers that clients send after uploading a large request.
+//!
+//! The server never fetches a URL a client names. It accepts only download URLs of its own
+//! storage, maps them back to a key ([`Storage::key_from_url`]) and reads through the storage
+//! itself, so a pointer cannot make the server reach into its network.
+
+use std::time::Instant;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use bytes::BytesMut;
+use futures::StreamExt;
+use spillway_storage::{Storage, StorageError};
+use url::Url;
+
+use super::AppState;
+use crate::error::{Error, Result};
+use crate::object::{decode_content, resolve_object, ResolvedBatch};
+use crate::wire::{keys, Metadata};
+
+/// Resolves the pointer `outer` (metadata `md`) into the request batch it stands for, which
+/// must be on `params`.
+pub(crate) async fn resolve_request_pointer(
+    st: &AppState,
+    _outer: &RecordBatch,
+    md: &Metadata,
+    params: &SchemaRef,
+    request_id: &str,
+) -> Result<ResolvedBatch> {
+    let raw_url = md
+        .get(keys::LOCATION)
+        .ok_or_else(|| Error::Protocol("pointer without vgi_rpc.location".into()))?;
+    let redacted = spillway_storage::redact_url(raw_url);
+    let rejected = |reason: String| Error::UrlRejected {
+        url: redacted.clone(),
+        reason,
+    };
+    let url = Url::parse(raw_url).map_err(|e| rejected(format!("not a valid url: {e}")))?;
+    let storage = st
+        .storage
+        .as_ref()
+        .ok_or_else(|| rejected("this server has no storage to resolve pointers from".into()))?;
+    let key = storage.key_from_url(&url).map_err(|e| match e {
+        StorageError::ForeignUrl { .. } => rejected(
+            "not a url of this server's storage (the server only reads its own storage)".into(),
+        ),
+        StorageError::UrlRefused { reason } => rejected(reason),
+        StorageError::InvalidKey { reason } => rejected(format!("invalid object key: {reason}")),
+        other => Error::Storage(other),
+    })?;
+    let started = Instant::now();
+    let cap = st.config.max_upload_bytes;
+    let got = storage.get(&key, None).await?;
+    let too_large = |size: String| Error::TooLarge {
+        what: format!("request object of {size} bytes"),
+        limit_name: "max_fetch_bytes",
+        limit: cap,
+    };
+    if got.meta.size > cap {
+        return Err(too_large(got.meta.size.to_string()));
+    }
+    let mut buf = BytesMut::with_capacity(got.meta.size as usize);
+    let mut stream = got.stream;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if (buf.len() + chunk.len()) as u64 > cap {
+            return Err(too_large(format!("more than {cap}")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let encoding = got.meta.content_encoding.clone();
+    let sha = md.get(keys::LOCATION_SHA256).cloned();
+    let params = params.clone();
+    let source = raw_url.clone();
+    tracing::debug!(request_id, url = %redacted, bytes = buf.len(), "resolving request pointer");
+    tokio::task::spawn_blocking(move || {
+        let decoded = decode_content(buf.freeze(), encoding.as_deref(), cap)?;
+        resolve_object(decoded, &params, sha.as_deref(), &source, started.elapsed())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("decode task failed: {e}")))?
+}
+
+#[allow(dead_code)]
+fn _assert_object_safe(_: &dyn Storage) {}

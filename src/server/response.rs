@@ -1,0 +1,147 @@
+//! Building HTTP responses: Arrow bodies, RPC errors with the spec's status mapping, and the
+//! JSON bodies of the transport errors (413, 415).
+
+use arrow_schema::SchemaRef;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::service::empty_schema;
+use crate::wire::{write_stream, ErrorCode, MetaBatch, RpcError, ARROW_STREAM_CONTENT_TYPE};
+
+/// The header marking a 200 response that carries an EXCEPTION rewritten from a 500.
+pub const RPC_ERROR_HEADER: &str = "x-vgi-rpc-error";
+
+/// An Arrow IPC response body with status 200.
+pub fn arrow_response(schema: &SchemaRef, batches: &[MetaBatch]) -> Response {
+    match write_stream(schema, batches) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, ARROW_STREAM_CONTENT_TYPE)],
+            body,
+        )
+            .into_response(),
+        Err(e) => ApiError::server(RpcError::internal(format!("encoding the response: {e}")))
+            .into_response(),
+    }
+}
+
+/// An RPC failure on its way to the client as an EXCEPTION batch.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// 400/404/415 for request errors; `None` for server-side failures (sent as 200 +
+    /// `X-VGI-RPC-Error: true`, never 5xx).
+    pub status: Option<StatusCode>,
+    /// The error.
+    pub error: RpcError,
+    /// The schema the EXCEPTION batch rides on.
+    pub schema: SchemaRef,
+    /// Echoed into the error metadata.
+    pub request_id: Option<String>,
+}
+
+impl ApiError {
+    /// A request error (4xx) on the empty schema.
+    pub fn client(status: StatusCode, error: RpcError) -> Self {
+        ApiError {
+            status: Some(status),
+            error,
+            schema: empty_schema(),
+            request_id: None,
+        }
+    }
+
+    /// 400 with a `ValueError`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::client(StatusCode::BAD_REQUEST, RpcError::invalid_argument(message))
+    }
+
+    /// A server-side failure: 200 + `X-VGI-RPC-Error: true`.
+    pub fn server(error: RpcError) -> Self {
+        ApiError {
+            status: None,
+            error,
+            schema: empty_schema(),
+            request_id: None,
+        }
+    }
+
+    /// Puts the error on another schema (the result schema after dispatch).
+    pub fn on_schema(mut self, schema: &SchemaRef) -> Self {
+        self.schema = schema.clone();
+        self
+    }
+
+    /// Records the request id.
+    pub fn with_request_id(mut self, id: &str) -> Self {
+        self.request_id = Some(id.to_string());
+        self
+    }
+
+    /// 404 for an unknown protocol.
+    pub fn unknown_protocol(protocol: &str) -> Self {
+        Self::client(
+            StatusCode::NOT_FOUND,
+            RpcError::new(
+                "ProtocolNotSupportedError",
+                format!("Unknown protocol '{protocol}'"),
+            )
+            .with_code(ErrorCode::Unimplemented)
+            .with_kind("protocol_not_supported"),
+        )
+    }
+
+    /// 404 for an unknown method.
+    pub fn unknown_method(protocol: &str, method: &str) -> Self {
+        Self::client(
+            StatusCode::NOT_FOUND,
+            RpcError::new(
+                "MethodNotImplementedError",
+                format!("Unknown method '{method}' on protocol '{protocol}'"),
+            )
+            .with_code(ErrorCode::Unimplemented)
+            .with_kind("method_not_implemented"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let batch = self
+            .error
+            .to_batch(&self.schema, self.request_id.as_deref());
+        let body = write_stream(&self.schema, &[batch]).unwrap_or_default();
+        let mut resp = (
+            self.status.unwrap_or(StatusCode::OK),
+            [(header::CONTENT_TYPE, ARROW_STREAM_CONTENT_TYPE)],
+            body,
+        )
+            .into_response();
+        if self.status.is_none() {
+            resp.headers_mut()
+                .insert(RPC_ERROR_HEADER, HeaderValue::from_static("true"));
+        }
+        resp
+    }
+}
+
+/// A transport-level error with a JSON body, as the reference answers 413 and some 415s.
+pub fn json_error(status: StatusCode, title: &str, description: &str) -> Response {
+    let body = serde_json::json!({ "title": title, "description": description });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The 413 for request bodies over the cap.
+pub fn request_too_large(cap: u64) -> Response {
+    json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "Request body exceeds max_request_bytes",
+        &format!(
+            "The request body exceeds max_request_bytes ({cap} bytes). Use the upload-URL flow (__upload_url__/init) to externalize large inputs."
+        ),
+    )
+}

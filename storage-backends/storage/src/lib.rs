@@ -1,0 +1,412 @@
+//! The storage trait behind Spillway's externalized payloads.
+//!
+//! Every backend (the embedded local store, S3, GCS, ...) implements [`Storage`]. Spillway
+//! stores each externalized payload as one immutable object under an unguessable key, hands out
+//! presigned URLs for it, and never reads back through the URL it handed out: a server that
+//! resolves a client's request pointer maps the URL back to a key with
+//! [`Storage::key_from_url`] and reads through [`Storage::get`], so it never fetches a foreign URL.
+//!
+//! Objects can be written from a stream ([`PutPayload::Stream`]) so that a multi-GiB payload is
+//! never held twice in memory: the producer hands chunks over a bounded channel as it
+//! compresses, and the backend writes them out as they come.
+//!
+//! # Example
+//! ```
+//! use spillway_storage::{ObjectKey, PutPayload};
+//! let key = ObjectKey::random("results/");
+//! assert!(key.as_str().starts_with("results/"));
+//! assert_eq!(key.as_str().len(), "results/".len() + 32);
+//! let payload = PutPayload::from(bytes::Bytes::from_static(b"hello"));
+//! assert_eq!(payload.size_hint(), Some(5));
+//! ```
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use url::Url;
+
+/// Errors every storage backend reports. Messages are lowercase and never contain signed query
+/// strings or credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object does not exist (or has been deleted).
+    #[error("object not found: {key}")]
+    NotFound {
+        /// The key that was asked for.
+        key: String,
+    },
+    /// A key is malformed or would escape the store (path traversal, bad characters, too long).
+    #[error("invalid object key: {reason}")]
+    InvalidKey {
+        /// Why the key was refused.
+        reason: String,
+    },
+    /// A presigned URL was refused: bad or missing signature, wrong method, or expired.
+    #[error("storage url refused: {reason}")]
+    UrlRefused {
+        /// Why, without the signature itself.
+        reason: String,
+    },
+    /// The URL does not belong to this store.
+    #[error("url is not one of this store's urls: {url}")]
+    ForeignUrl {
+        /// The redacted URL.
+        url: String,
+    },
+    /// A requested byte range cannot be served.
+    #[error("range not satisfiable for object of {size} bytes")]
+    RangeNotSatisfiable {
+        /// The object's size.
+        size: u64,
+    },
+    /// The object, or a write, is larger than the configured limit.
+    #[error("object too large: {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Bytes seen (at least).
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The producer of a streamed upload failed; nothing was stored.
+    #[error("upload aborted: {reason}")]
+    UploadAborted {
+        /// What the producer reported.
+        reason: String,
+    },
+    /// The backend is misconfigured (missing bucket, bad endpoint, ...).
+    #[error("storage configuration error: {0}")]
+    Config(String),
+    /// An I/O error from the local filesystem.
+    #[error("storage i/o error during {op}: {source}")]
+    Io {
+        /// The operation that failed.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Any other backend failure (network, service error), already redacted.
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+/// The result type of storage calls.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// The key of one stored object: `{prefix}{32 lowercase hex digits}` (a random 128-bit id).
+///
+/// Keys are restricted to `[A-Za-z0-9._/-]`, at most 512 bytes, with no empty, `.` or `..`
+/// segment and no leading `/`, so that no backend can be walked outside its namespace.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    /// The longest key accepted.
+    pub const MAX_LEN: usize = 512;
+
+    /// A fresh unguessable key under `prefix` (the prefix is assumed valid; see [`Self::parse`]).
+    pub fn random(prefix: &str) -> Self {
+        let id: u128 = rand::random();
+        ObjectKey(format!("{prefix}{id:032x}"))
+    }
+
+    /// Validates a key received from outside (a URL path, a configuration value).
+    pub fn parse(raw: &str) -> Result<Self> {
+        validate_key(raw, false)?;
+        Ok(ObjectKey(raw.to_string()))
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks a key prefix from configuration: the same alphabet as keys, may be empty, may end in `/`.
+pub fn validate_key_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    validate_key(prefix, true)
+}
+
+fn validate_key(raw: &str, allow_trailing_slash: bool) -> Result<()> {
+    let invalid = |reason: &str| {
+        Err(StorageError::InvalidKey {
+            reason: reason.to_string(),
+        })
+    };
+    if raw.is_empty() {
+        return invalid("empty key");
+    }
+    if raw.len() > ObjectKey::MAX_LEN {
+        return invalid("key longer than 512 bytes");
+    }
+    if !raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+    {
+        return invalid("key has characters outside [A-Za-z0-9._/-]");
+    }
+    let body = if allow_trailing_slash {
+        raw.strip_suffix('/').unwrap_or(raw)
+    } else {
+        raw
+    };
+    if body.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return invalid("key has an empty, '.' or '..' segment");
+    }
+    Ok(())
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectKey({})", self.0)
+    }
+}
+
+/// The body of a [`Storage::put`].
+pub enum PutPayload {
+    /// The whole object in memory (reference-counted: not copied by the backend).
+    Bytes(Bytes),
+    /// The object as a stream of chunks. An `Err` item aborts the upload and nothing is stored.
+    Stream {
+        /// The chunks, in order.
+        stream: BoxStream<'static, std::io::Result<Bytes>>,
+        /// The total size when known in advance (lets backends pick single PUT vs multipart).
+        size_hint: Option<u64>,
+    },
+}
+
+impl PutPayload {
+    /// The size when known before the upload.
+    pub fn size_hint(&self) -> Option<u64> {
+        match self {
+            PutPayload::Bytes(b) => Some(b.len() as u64),
+            PutPayload::Stream { size_hint, .. } => *size_hint,
+        }
+    }
+}
+
+impl From<Bytes> for PutPayload {
+    fn from(b: Bytes) -> Self {
+        PutPayload::Bytes(b)
+    }
+}
+
+impl From<Vec<u8>> for PutPayload {
+    fn from(b: Vec<u8>) -> Self {
+        PutPayload::Bytes(Bytes::from(b))
+    }
+}
+
+impl fmt::Debug for PutPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PutPayload::Bytes(b) => write!(f, "PutPayload::Bytes({} bytes)", b.len()),
+            PutPayload::Stream { size_hint, .. } => {
+                write!(f, "PutPayload::Stream(size_hint: {size_hint:?})")
+            }
+        }
+    }
+}
+
+/// HTTP headers stored with an object and echoed when it is read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// `Content-Type`, e.g. `application/vnd.apache.arrow.stream`.
+    pub content_type: Option<String>,
+    /// `Content-Encoding`, e.g. `zstd`; the only place object compression is signalled.
+    pub content_encoding: Option<String>,
+}
+
+/// What a backend knows about a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's key.
+    pub key: ObjectKey,
+    /// Stored size in bytes (after any compression).
+    pub size: u64,
+    /// Stored `Content-Type`.
+    pub content_type: Option<String>,
+    /// Stored `Content-Encoding`.
+    pub content_encoding: Option<String>,
+    /// An entity tag that changes whenever the object's bytes change.
+    pub etag: Option<String>,
+}
+
+/// The HTTP method a presigned URL is bound to. A URL signed for one never works for the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PresignMethod {
+    /// Download (GET, and HEAD where the store allows it).
+    Get,
+    /// Upload (PUT).
+    Put,
+}
+
+impl PresignMethod {
+    /// The HTTP method name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresignMethod::Get => "GET",
+            PresignMethod::Put => "PUT",
+        }
+    }
+}
+
+/// A presigned URL and when it stops working.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PresignedUrl {
+    /// The URL, signature included: treat as a secret, log only [`redact_url`] of it.
+    pub url: Url,
+    /// The method it is bound to.
+    pub method: PresignMethod,
+    /// When it expires.
+    pub expires_at: SystemTime,
+}
+
+impl fmt::Debug for PresignedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresignedUrl")
+            .field("url", &redact_url(self.url.as_str()))
+            .field("method", &self.method)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// An inclusive-exclusive byte range `start..end` of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+/// An object being read: its metadata, the range served, and the bytes as a stream.
+pub struct GetResult {
+    /// The object's metadata (size is the whole object's size).
+    pub meta: ObjectMeta,
+    /// The range the stream covers.
+    pub range: ByteRange,
+    /// The bytes.
+    pub stream: BoxStream<'static, Result<Bytes>>,
+}
+
+impl fmt::Debug for GetResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetResult")
+            .field("meta", &self.meta)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One object store. Implementations are cheap to share (`Arc<dyn Storage>`).
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Debug + 'static {
+    /// A short name for logs and metrics: `local`, `s3`, `gcs`.
+    fn kind(&self) -> &'static str;
+
+    /// A fresh unguessable key under this store's configured key prefix.
+    fn new_key(&self) -> ObjectKey;
+
+    /// Stores an object. A stream that fails leaves nothing behind (no partial object).
+    async fn put(&self, key: &ObjectKey, payload: PutPayload, opts: PutOptions)
+        -> Result<ObjectMeta>;
+
+    /// A URL that lets anyone holding it `method` the object until `ttl` has passed.
+    async fn presign(
+        &self,
+        key: &ObjectKey,
+        method: PresignMethod,
+        ttl: Duration,
+    ) -> Result<PresignedUrl>;
+
+    /// The object's metadata.
+    async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta>;
+
+    /// Reads the object, or a range of it.
+    async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<GetResult>;
+
+    /// Deletes the object; deleting a missing object is not an error.
+    async fn delete(&self, key: &ObjectKey) -> Result<()>;
+
+    /// If `url` is a download URL this store handed out (and, where the store can tell, one
+    /// that is still valid), the key it names. Servers use this to read client-sent pointers
+    /// through the store instead of fetching arbitrary URLs.
+    fn key_from_url(&self, url: &Url) -> Result<ObjectKey>;
+}
+
+/// `scheme://host[:port]/path`: a URL with its query string (signatures, credentials), user
+/// info and fragment removed. Use it for every URL that reaches an error, a log line or a metric.
+///
+/// ```
+/// assert_eq!(
+///     spillway_storage::redact_url("https://b.s3.amazonaws.com/k?X-Amz-Signature=abc"),
+///     "https://b.s3.amazonaws.com/k"
+/// );
+/// assert_eq!(spillway_storage::redact_url("not a url?sig=1"), "<unparseable url>");
+/// ```
+pub fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut u) => {
+            u.set_query(None);
+            u.set_fragment(None);
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "<unparseable url>".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_keys_are_unique_and_valid() {
+        let a = ObjectKey::random("p/");
+        let b = ObjectKey::random("p/");
+        assert_ne!(a, b);
+        ObjectKey::parse(a.as_str()).expect("random keys parse");
+    }
+
+    #[test]
+    fn keys_refuse_traversal_and_odd_characters() {
+        for bad in [
+            "", "../x", "a/../b", "/abs", "a//b", "a/./b", "a b", "a\\b", "a%2e", "a/", "é",
+        ] {
+            assert!(ObjectKey::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert!(ObjectKey::parse(&"a".repeat(513)).is_err());
+        for good in ["a", "results/0123", "x.y-z_w/v"] {
+            ObjectKey::parse(good).expect(good);
+        }
+    }
+
+    #[test]
+    fn prefixes_may_end_with_slash() {
+        validate_key_prefix("").unwrap();
+        validate_key_prefix("spillway/").unwrap();
+        assert!(validate_key_prefix("../").is_err());
+        assert!(validate_key_prefix("/x/").is_err());
+    }
+
+    #[test]
+    fn redaction_removes_credentials_and_query() {
+        let r = redact_url("https://user:pw@h:8443/a/b?X-Amz-Credential=AK&X-Amz-Signature=s#f");
+        assert_eq!(r, "https://h:8443/a/b");
+    }
+}
