@@ -160,7 +160,9 @@ pub fn parse_params(args: &[String]) -> Result<RecordBatch> {
     let mut columns: Vec<ArrayRef> = Vec::new();
     for arg in args {
         let (lhs, value) = arg.split_once('=').ok_or_else(|| {
-            Error::Config(format!("parameter must be name=value or name:TYPE=value, got {arg:?}"))
+            Error::Config(format!(
+                "parameter must be name=value or name:TYPE=value, got {arg:?}"
+            ))
         })?;
         let (name, ty) = match lhs.split_once(':') {
             Some((n, t)) => (n, Some(t.to_ascii_lowercase())),
@@ -293,7 +295,11 @@ async fn call(args: CallArgs) -> Result<()> {
             )?;
             std::fs::write(path, &bytes)
                 .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
-            eprintln!("wrote {} to {}", human_bytes(bytes.len() as u64), path.display());
+            eprintln!(
+                "wrote {} to {}",
+                human_bytes(bytes.len() as u64),
+                path.display()
+            );
         }
         None => println!("{}", format_table(&out.batch)?),
     }
@@ -388,22 +394,42 @@ mod tests {
             "data:binary=xyz".into(),
         ])
         .unwrap();
-        let types: Vec<_> = b.schema().fields().iter().map(|f| f.data_type().clone()).collect();
+        let types: Vec<_> = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
         assert_eq!(
             types,
-            vec![DataType::Int64, DataType::Float64, DataType::Boolean, DataType::Utf8, DataType::Binary]
+            vec![
+                DataType::Int64,
+                DataType::Float64,
+                DataType::Boolean,
+                DataType::Utf8,
+                DataType::Binary
+            ]
         );
         assert!(b.schema().fields().iter().all(|f| !f.is_nullable()));
         assert_eq!(b.num_rows(), 1);
         assert_eq!(parse_params(&[]).unwrap().num_rows(), 0);
-        for bad in ["novalue", "=1", "x:int64=abc", "x:weird=1", "x:binary=@/nonexistent/file"] {
+        for bad in [
+            "novalue",
+            "=1",
+            "x:int64=abc",
+            "x:weird=1",
+            "x:binary=@/nonexistent/file",
+        ] {
             assert!(parse_params(&[bad.to_string()]).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn targets_split_at_last_dot() {
-        assert_eq!(split_target("spillway.Demo.v1.blob").unwrap(), ("spillway.Demo.v1", "blob"));
+        assert_eq!(
+            split_target("spillway.Demo.v1.blob").unwrap(),
+            ("spillway.Demo.v1", "blob")
+        );
         assert!(split_target("blob").is_err());
         assert!(split_target("x.").is_err());
     }

@@ -818,7 +818,11 @@ fn build_request_body(request: &CallRequest) -> Result<(SchemaRef, Metadata, Vec
 
 /// The request pointer body (spec §6.3 step 7): zero rows on `schema`, the original metadata
 /// plus `vgi_rpc.location`, no sha256.
-fn build_pointer_body(schema: &SchemaRef, metadata: &Metadata, download_url: &str) -> Result<Vec<u8>> {
+fn build_pointer_body(
+    schema: &SchemaRef,
+    metadata: &Metadata,
+    download_url: &str,
+) -> Result<Vec<u8>> {
     let mut md = metadata.clone();
     md.remove(keys::LOCATION_SHA256);
     md.insert(keys::LOCATION.into(), download_url.to_string());
@@ -834,8 +838,15 @@ fn build_pointer_body(schema: &SchemaRef, metadata: &Metadata, download_url: &st
 /// The `__upload_url__/init` request (spec §6.1): `count: int64` (nullable, as Python
 /// declares it), one row, method and request version only.
 fn build_upload_init_body(count: i64) -> Result<Vec<u8>> {
-    let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::Int64, true)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![count]))])?;
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "count",
+        DataType::Int64,
+        true,
+    )]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(Int64Array::from(vec![count]))],
+    )?;
     let mut metadata = Metadata::new();
     metadata.insert(keys::METHOD.into(), UPLOAD_URL_METHOD.into());
     metadata.insert(keys::REQUEST_VERSION.into(), REQUEST_VERSION.into());
@@ -893,11 +904,13 @@ fn parse_error_body(body: &Bytes) -> Option<RpcError> {
 /// string type, `expires_at` optional and of any timestamp unit.
 fn parse_upload_urls(batch: &RecordBatch) -> Result<Vec<UploadUrl>> {
     let strings = |name: &str| -> Result<Vec<Option<String>>> {
-        let col = batch.column_by_name(name).ok_or_else(|| {
-            Error::Protocol(format!("upload url response has no {name} column"))
-        })?;
+        let col = batch
+            .column_by_name(name)
+            .ok_or_else(|| Error::Protocol(format!("upload url response has no {name} column")))?;
         let col = arrow_cast::cast(col, &DataType::Utf8).map_err(|e| {
-            Error::Protocol(format!("upload url response column {name} is not text: {e}"))
+            Error::Protocol(format!(
+                "upload url response column {name} is not text: {e}"
+            ))
         })?;
         let col = col.as_string::<i32>();
         Ok((0..col.len())
@@ -947,7 +960,9 @@ fn parse_upload_urls(batch: &RecordBatch) -> Result<Vec<UploadUrl>> {
         }
     }
     if out.is_empty() {
-        return Err(Error::Protocol("upload url response holds no url pairs".into()));
+        return Err(Error::Protocol(
+            "upload url response holds no url pairs".into(),
+        ));
     }
     Ok(out)
 }
@@ -960,7 +975,13 @@ fn content_encoding(headers: &HeaderMap) -> Option<String> {
     ]
     .iter()
     .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
-    .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    .map(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    })
     .find(|v| !v.is_empty() && v != "identity")
 }
 
@@ -990,7 +1011,10 @@ async fn read_capped_body(resp: reqwest::Response, wire_cap: u64, limit: u64) ->
         let chunk = chunk.map_err(Error::from_reqwest)?;
         if (buf.len() + chunk.len()) as u64 > wire_cap {
             return Err(response_too_large(
-                format!("response body of more than {} bytes", buf.len() + chunk.len()),
+                format!(
+                    "response body of more than {} bytes",
+                    buf.len() + chunk.len()
+                ),
                 limit,
             ));
         }
@@ -1069,7 +1093,11 @@ mod tests {
     }
 
     fn result_schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![Field::new("result", DataType::Binary, false)]))
+        Arc::new(Schema::new(vec![Field::new(
+            "result",
+            DataType::Binary,
+            false,
+        )]))
     }
 
     fn result_batch(v: &[u8]) -> MetaBatch {
@@ -1145,8 +1173,9 @@ mod tests {
     #[test]
     fn params_must_have_one_row() {
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
-        let two = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2]))])
-            .unwrap();
+        let two =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2]))])
+                .unwrap();
         let err = build_request_body(&CallRequest::new("P", "m", two)).unwrap_err();
         assert!(err.to_string().contains("exactly 1 row"), "{err}");
         let zero = RecordBatch::new_empty(schema);
@@ -1182,7 +1211,13 @@ mod tests {
         assert_eq!(s.schema.field(0).data_type(), &DataType::Int64);
         let b = &s.batches[0];
         assert_eq!(b.batch.num_rows(), 1);
-        assert_eq!(b.batch.column(0).as_primitive::<arrow_array::types::Int64Type>().value(0), 2);
+        assert_eq!(
+            b.batch
+                .column(0)
+                .as_primitive::<arrow_array::types::Int64Type>()
+                .value(0),
+            2
+        );
         assert_eq!(b.metadata.len(), 2);
         assert_eq!(b.metadata[keys::METHOD], "__upload_url__");
         assert_eq!(b.metadata[keys::REQUEST_VERSION], "1");
@@ -1191,14 +1226,26 @@ mod tests {
     #[test]
     fn capability_headers_are_parsed_leniently() {
         let mut h = HeaderMap::new();
-        h.insert("vgi-accept-max-response-bytes-support", HeaderValue::from_static("true"));
-        h.insert("VGI-Externalization-Enabled", HeaderValue::from_static("True"));
+        h.insert(
+            "vgi-accept-max-response-bytes-support",
+            HeaderValue::from_static("true"),
+        );
+        h.insert(
+            "VGI-Externalization-Enabled",
+            HeaderValue::from_static("True"),
+        );
         h.insert("VGI-Upload-URL-Support", HeaderValue::from_static("true"));
         h.insert("VGI-Max-Request-Bytes", HeaderValue::from_static(" 4096 "));
         h.insert("VGI-Max-Upload-Bytes", HeaderValue::from_static("16777216"));
         h.insert("VGI-Max-Response-Bytes", HeaderValue::from_static("lots"));
-        h.insert("VGI-Max-Externalized-Response-Bytes", HeaderValue::from_static("-5"));
-        h.insert("VGI-Supported-Encodings", HeaderValue::from_static("zstd, GZIP"));
+        h.insert(
+            "VGI-Max-Externalized-Response-Bytes",
+            HeaderValue::from_static("-5"),
+        );
+        h.insert(
+            "VGI-Supported-Encodings",
+            HeaderValue::from_static("zstd, GZIP"),
+        );
         let c = Capabilities::from_headers(&h);
         assert_eq!(
             c,
@@ -1220,7 +1267,9 @@ mod tests {
         assert!(!c.accept_max_response_bytes_support && !c.upload_url_support);
         let mut h = HeaderMap::new();
         h.insert("VGI-Supported-Encodings", HeaderValue::from_static(""));
-        assert!(Capabilities::from_headers(&h).supported_encodings.is_empty());
+        assert!(Capabilities::from_headers(&h)
+            .supported_encodings
+            .is_empty());
     }
 
     #[test]
@@ -1245,7 +1294,10 @@ mod tests {
             .with_code(ErrorCode::InvalidArgument)
             .to_batch(&result_schema(), Some("rid"));
         for batches in [
-            vec![log("INFO", "before").to_batch(&result_schema()), exc.clone()],
+            vec![
+                log("INFO", "before").to_batch(&result_schema()),
+                exc.clone(),
+            ],
             vec![result_batch(b"x"), exc.clone()],
         ] {
             match parse_unary_response(body(&batches)) {
@@ -1289,9 +1341,16 @@ mod tests {
     fn response_needs_exactly_one_result() {
         let err = parse_unary_response(body(&[log("INFO", "only").to_batch(&result_schema())]))
             .unwrap_err();
-        assert!(matches!(err, Error::Protocol(ref m) if m.contains("no result batch")), "{err}");
-        let err = parse_unary_response(body(&[result_batch(b"a"), result_batch(b"b")])).unwrap_err();
-        assert!(matches!(err, Error::Protocol(ref m) if m.contains("2 result batches")), "{err}");
+        assert!(
+            matches!(err, Error::Protocol(ref m) if m.contains("no result batch")),
+            "{err}"
+        );
+        let err =
+            parse_unary_response(body(&[result_batch(b"a"), result_batch(b"b")])).unwrap_err();
+        assert!(
+            matches!(err, Error::Protocol(ref m) if m.contains("2 result batches")),
+            "{err}"
+        );
         assert!(matches!(
             parse_unary_response(Bytes::from_static(b"<html>")),
             Err(Error::Ipc(_))
@@ -1316,7 +1375,10 @@ mod tests {
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(StringArray::from(vec!["http://s/upload/1", "http://s/upload/2"])),
+                Arc::new(StringArray::from(vec![
+                    "http://s/upload/1",
+                    "http://s/upload/2",
+                ])),
                 Arc::new(arrow_array::LargeStringArray::from(vec![
                     "http://s/download/1",
                     "http://s/download/2",
@@ -1414,7 +1476,9 @@ mod tests {
             .unwrap();
         assert_eq!(ok, raw);
         match decode_response_body(z, Some("zstd".into()), 50_000).await {
-            Err(Error::TooLarge { limit_name, limit, .. }) => {
+            Err(Error::TooLarge {
+                limit_name, limit, ..
+            }) => {
                 assert_eq!(limit_name, "max_response_bytes");
                 assert_eq!(limit, 50_000);
             }
@@ -1428,7 +1492,12 @@ mod tests {
         assert_eq!(content_encoding(&h), None);
         h.insert("content-encoding", HeaderValue::from_static("GZIP; q=1"));
         assert_eq!(content_encoding(&h).as_deref(), Some("gzip"));
-        let body = compress_zstd(Bytes::from(vec![1u8; 400_000]), 1).await.unwrap();
-        assert_eq!(zstd::bulk::decompress(&body, 400_000).unwrap(), vec![1u8; 400_000]);
+        let body = compress_zstd(Bytes::from(vec![1u8; 400_000]), 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            zstd::bulk::decompress(&body, 400_000).unwrap(),
+            vec![1u8; 400_000]
+        );
     }
 }

@@ -152,7 +152,9 @@ impl ServeArgs {
     /// The server settings these arguments describe.
     pub fn server_config(&self) -> Result<ServerConfig> {
         if self.threshold_bytes == 0 {
-            return Err(Error::Config("SPILLWAY_THRESHOLD_BYTES must be at least 1".into()));
+            return Err(Error::Config(
+                "SPILLWAY_THRESHOLD_BYTES must be at least 1".into(),
+            ));
         }
         if self.max_request_bytes < 4096 {
             return Err(Error::Config(

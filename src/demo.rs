@@ -24,12 +24,20 @@ pub const MAX_BLOB_BYTES: u64 = i32::MAX as u64;
 
 /// `blob`'s parameters: `size: int64 not null`.
 pub fn blob_params() -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new("size", DataType::Int64, false)]))
+    Arc::new(Schema::new(vec![Field::new(
+        "size",
+        DataType::Int64,
+        false,
+    )]))
 }
 
 /// `echo`'s parameters: `data: binary not null`.
 pub fn echo_params() -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new("data", DataType::Binary, false)]))
+    Arc::new(Schema::new(vec![Field::new(
+        "data",
+        DataType::Binary,
+        false,
+    )]))
 }
 
 /// Both methods' result: `result: binary not null`.

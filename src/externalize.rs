@@ -215,8 +215,8 @@ impl Externalizer {
             },
         );
         let (put_result, encode_result) = tokio::join!(put, encode);
-        let (sha256, raw_bytes, stored_bytes) = encode_result
-            .map_err(|e| Error::Internal(format!("encoder task failed: {e}")))??;
+        let (sha256, raw_bytes, stored_bytes) =
+            encode_result.map_err(|e| Error::Internal(format!("encoder task failed: {e}")))??;
         let meta = put_result?;
         debug_assert_eq!(meta.size, stored_bytes);
         let url = self

@@ -90,7 +90,9 @@ impl Fetcher {
     pub fn new(config: FetchConfig) -> Result<Self> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(PolicyResolver::new(Arc::new(config.policy.clone()))))
+            .dns_resolver(Arc::new(PolicyResolver::new(Arc::new(
+                config.policy.clone(),
+            ))))
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .no_proxy()
@@ -223,7 +225,10 @@ impl Fetcher {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.resolve_once(&url, sha.as_deref(), &schema, progress).await {
+            match self
+                .resolve_once(&url, sha.as_deref(), &schema, progress)
+                .await
+            {
                 Ok((resolved, mut stats)) => {
                     stats.attempts = attempt;
                     stats.elapsed = started.elapsed();
@@ -270,7 +275,8 @@ impl Fetcher {
                 max_decoded,
             )?;
             let decoded_bytes = decoded.len() as u64;
-            let resolved = resolve_object(decoded, &schema, sha.as_deref(), &url, started.elapsed())?;
+            let resolved =
+                resolve_object(decoded, &schema, sha.as_deref(), &url, started.elapsed())?;
             Ok((
                 resolved,
                 FetchStats {

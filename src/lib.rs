@@ -16,8 +16,8 @@
 //! - [`demo`]: the built-in `spillway.Demo.v1` protocol.
 //! - [`config`]: settings from environment variables and flags.
 
-pub mod client;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -25,8 +25,8 @@ pub mod externalize;
 pub mod fetch;
 pub mod object;
 mod redact;
-pub mod url_policy;
 pub mod server;
+pub mod url_policy;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -20,7 +20,13 @@ use crate::wire::{
 /// allocation).
 pub fn decode_content(encoded: Bytes, encoding: Option<&str>, max_decoded: u64) -> Result<Bytes> {
     let encoding = encoding
-        .map(|e| e.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|e| {
+            e.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default();
     let too_large = |what: String| Error::TooLarge {
         what,
@@ -37,9 +43,7 @@ pub fn decode_content(encoded: Bytes, encoding: Option<&str>, max_decoded: u64) 
         "zstd" => {
             if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(&encoded) {
                 if declared > max_decoded {
-                    return Err(too_large(format!(
-                        "zstd frame declaring {declared} bytes"
-                    )));
+                    return Err(too_large(format!("zstd frame declaring {declared} bytes")));
                 }
             }
             let decoder = zstd::stream::read::Decoder::new(&encoded[..])
@@ -68,7 +72,9 @@ fn read_capped<R: Read>(
         .read_to_end(&mut out)
         .map_err(|e| Error::Protocol(format!("invalid {codec} data: {e}")))?;
     if out.len() as u64 > max {
-        return Err(too_large(format!("decoded {codec} stream of more than {max} bytes")));
+        return Err(too_large(format!(
+            "decoded {codec} stream of more than {max} bytes"
+        )));
     }
     Ok(Bytes::from(out))
 }
@@ -162,7 +168,11 @@ mod tests {
     use std::sync::Arc;
 
     fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![Field::new("result", DataType::Int64, false)]))
+        Arc::new(Schema::new(vec![Field::new(
+            "result",
+            DataType::Int64,
+            false,
+        )]))
     }
 
     fn one(v: i64) -> MetaBatch {
@@ -189,8 +199,12 @@ mod tests {
             zstd::zstd_safe::get_frame_content_size(&compressed).unwrap(),
             None
         );
-        let err = decode_content(Bytes::from(compressed.clone()), Some("ZSTD; x"), 1024 * 1024)
-            .unwrap_err();
+        let err = decode_content(
+            Bytes::from(compressed.clone()),
+            Some("ZSTD; x"),
+            1024 * 1024,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("max_decompressed_bytes"));
         let ok = decode_content(Bytes::from(compressed), Some("zstd"), 4 * 1024 * 1024).unwrap();
         assert_eq!(ok.len(), 2 * 1024 * 1024);
@@ -201,7 +215,10 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut enc, b"hello").unwrap();
         let gz = enc.finish().unwrap();
-        assert_eq!(&decode_content(Bytes::from(gz), Some("gzip"), 10).unwrap()[..], b"hello");
+        assert_eq!(
+            &decode_content(Bytes::from(gz), Some("gzip"), 10).unwrap()[..],
+            b"hello"
+        );
         assert!(decode_content(Bytes::from_static(b"x"), Some("br"), 10).is_err());
         assert!(decode_content(Bytes::from_static(b"not zstd"), Some("zstd"), 10).is_err());
         assert!(decode_content(Bytes::from_static(b"12345"), None, 4).is_err());
@@ -212,14 +229,26 @@ mod tests {
         let s = schema();
         let body = Bytes::from(write_stream(&s, &[one(7)]).unwrap());
         let sha = sha256_hex(&body);
-        let r = resolve_object(body.clone(), &s, Some(&sha), "http://h/k?sig=1", Duration::from_millis(3))
-            .unwrap();
+        let r = resolve_object(
+            body.clone(),
+            &s,
+            Some(&sha),
+            "http://h/k?sig=1",
+            Duration::from_millis(3),
+        )
+        .unwrap();
         assert_eq!(r.batch.batch, one(7).batch);
         assert_eq!(r.batch.metadata[keys::LOCATION_FETCH_MS], "3.0");
         assert_eq!(r.batch.metadata[keys::LOCATION_SOURCE], "http://h/k?sig=1");
 
-        let err = resolve_object(body.clone(), &s, Some(&"0".repeat(64)), "http://h/k?sig=1", Duration::ZERO)
-            .unwrap_err();
+        let err = resolve_object(
+            body.clone(),
+            &s,
+            Some(&"0".repeat(64)),
+            "http://h/k?sig=1",
+            Duration::ZERO,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("checksum"));
         assert!(!err.to_string().contains("sig=1"));
 
@@ -236,7 +265,11 @@ mod tests {
             .to_string()
             .contains("Redirect loop"));
 
-        let other = Arc::new(Schema::new(vec![Field::new("result", DataType::Int64, true)]));
+        let other = Arc::new(Schema::new(vec![Field::new(
+            "result",
+            DataType::Int64,
+            true,
+        )]));
         assert!(resolve_object(body, &other, None, "u", Duration::ZERO)
             .unwrap_err()
             .to_string()

@@ -50,7 +50,8 @@ impl UrlPolicy {
 
     /// Adds a trusted origin (the scheme, host and port of `url`).
     pub fn trust_origin_of(mut self, url: &Url) -> Self {
-        self.trusted_origins.push(url.origin().ascii_serialization());
+        self.trusted_origins
+            .push(url.origin().ascii_serialization());
         self
     }
 
@@ -213,9 +214,8 @@ impl reqwest::dns::Resolve for PolicyResolver {
         let host = name.as_str().to_ascii_lowercase();
         let trusted = self.trusted_hosts.iter().any(|h| *h == host);
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = addrs
                 .iter()
                 .copied()
@@ -266,7 +266,11 @@ mod tests {
             assert!(e.to_string().contains("URL rejected"), "{e}");
             assert!(!e.to_string().contains("pw"), "{e}");
         }
-        for good in ["https://example.com/x", "https://8.8.8.8/x", "https://[2001:db8::1]/x"] {
+        for good in [
+            "https://example.com/x",
+            "https://8.8.8.8/x",
+            "https://[2001:db8::1]/x",
+        ] {
             p.check(&u(good)).expect(good);
         }
     }
@@ -283,7 +287,8 @@ mod tests {
     #[test]
     fn trusted_origin_is_exact() {
         let p = UrlPolicy::default().trust_origin_of(&u("http://127.0.0.1:8080/vgi"));
-        p.check(&u("http://127.0.0.1:8080/__storage__/k?sig=1")).unwrap();
+        p.check(&u("http://127.0.0.1:8080/__storage__/k?sig=1"))
+            .unwrap();
         assert!(p.check(&u("http://127.0.0.1:8081/k")).is_err());
         assert!(p.check(&u("https://127.0.0.1:8080/k")).is_err());
     }

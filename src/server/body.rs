@@ -23,7 +23,8 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), Response> {
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         RpcError::invalid_argument(format!(
             "Content-Type must be {ARROW_STREAM_CONTENT_TYPE}, got {}",
-            ct.map(|c| format!("{c:?}")).unwrap_or_else(|| "none".into())
+            ct.map(|c| format!("{c:?}"))
+                .unwrap_or_else(|| "none".into())
         )),
     )
     .into_response())

@@ -161,10 +161,7 @@ impl Server {
             config,
         });
         let mut rpc = Router::new()
-            .route(
-                "/health",
-                get(health).head(health).options(health_options),
-            )
+            .route("/health", get(health).head(health).options(health_options))
             .route(
                 "/{protocol}/{method}",
                 post(unary::unary).get(rpc_get).fallback(not_allowed),

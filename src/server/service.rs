@@ -170,7 +170,10 @@ pub fn parse_semver(v: &str) -> Option<(u64, u64, u64)> {
     let mut parts = v.split('.');
     let mut next = || -> Option<u64> {
         let p = parts.next()?;
-        if p.is_empty() || (p.len() > 1 && p.starts_with('0')) || !p.bytes().all(|b| b.is_ascii_digit()) {
+        if p.is_empty()
+            || (p.len() > 1 && p.starts_with('0'))
+            || !p.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         p.parse().ok()

@@ -17,8 +17,8 @@ use super::service::{parse_semver, CallContext, Protocol, UnaryMethod};
 use super::{AppState, RequestId};
 use crate::error::Error;
 use crate::wire::{
-    batch_buffer_size, is_pointer, keys, read_stream, write_stream, ErrorCode, MetaBatch,
-    Metadata, ReadLimits, RpcError, REQUEST_VERSION,
+    batch_buffer_size, is_pointer, keys, read_stream, write_stream, ErrorCode, MetaBatch, Metadata,
+    ReadLimits, RpcError, REQUEST_VERSION,
 };
 
 /// Response extension: bytes externalized by this call (for the access log).

@@ -72,7 +72,12 @@ async fn vend(st: &AppState, raw: bytes::Bytes) -> Result<Response, ApiError> {
             )))
         }
     }
-    if first.metadata.get(keys::REQUEST_VERSION).map(String::as_str) != Some(REQUEST_VERSION) {
+    if first
+        .metadata
+        .get(keys::REQUEST_VERSION)
+        .map(String::as_str)
+        != Some(REQUEST_VERSION)
+    {
         return Err(ApiError::bad_request(format!(
             "Unsupported request version; this server speaks {REQUEST_VERSION}"
         )));

@@ -378,7 +378,9 @@ impl StreamParser {
                     })?;
                 }
                 MessageHeader::Schema => {
-                    return Err(Error::Ipc("schema message in the middle of a stream".into()))
+                    return Err(Error::Ipc(
+                        "schema message in the middle of a stream".into(),
+                    ))
                 }
                 other => {
                     return Err(Error::Ipc(format!(
@@ -469,7 +471,10 @@ mod tests {
         let s = read_stream(Bytes::from(bytes), ReadLimits::default()).unwrap();
         assert_eq!(s.batches.len(), 2);
         assert_eq!(s.batches[0].batch, b1);
-        assert_eq!(s.batches[0].metadata, md(&[("a", "1"), ("vgi_rpc.method", "x")]));
+        assert_eq!(
+            s.batches[0].metadata,
+            md(&[("a", "1"), ("vgi_rpc.method", "x")])
+        );
         assert!(s.batches[1].metadata.is_empty());
         assert_eq!(s.batches[1].batch.num_rows(), 0);
     }
@@ -486,8 +491,8 @@ mod tests {
         let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(dict)]).unwrap();
         let mut bytes = write_stream(&schema, &[MetaBatch::plain(b.clone())]).unwrap();
         let s2 = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)]));
-        let b2 = RecordBatch::try_new(s2.clone(), vec![Arc::new(StringArray::from(vec!["x"]))])
-            .unwrap();
+        let b2 =
+            RecordBatch::try_new(s2.clone(), vec![Arc::new(StringArray::from(vec!["x"]))]).unwrap();
         bytes.extend(write_stream(&s2, &[MetaBatch::plain(b2.clone())]).unwrap());
         let streams = read_streams(Bytes::from(bytes), ReadLimits::default()).unwrap();
         assert_eq!(streams.len(), 2);
@@ -509,10 +514,17 @@ mod tests {
             let r = read_stream(Bytes::copy_from_slice(&bytes[..cut]), ReadLimits::default());
             if let Ok(s) = &r {
                 // Cutting exactly at a message boundary yields a shorter valid stream.
-                assert!(s.batches.is_empty(), "prefix of {cut} bytes parsed as a batch");
+                assert!(
+                    s.batches.is_empty(),
+                    "prefix of {cut} bytes parsed as a batch"
+                );
             }
         }
-        for garbage in [&b""[..], b"hello", &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]] {
+        for garbage in [
+            &b""[..],
+            b"hello",
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+        ] {
             assert!(read_stream(Bytes::copy_from_slice(garbage), ReadLimits::default()).is_err());
         }
         // Flip bytes everywhere: errors are fine, panics are not.

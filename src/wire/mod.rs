@@ -9,8 +9,8 @@ pub use batches::{
     REQUEST_VERSION,
 };
 pub use ipc::{
-    read_stream, read_streams, schemas_equal, write_stream, IpcStream, IpcStreamWriter,
-    MetaBatch, Metadata, ReadLimits, ARROW_STREAM_CONTENT_TYPE,
+    read_stream, read_streams, schemas_equal, write_stream, IpcStream, IpcStreamWriter, MetaBatch,
+    Metadata, ReadLimits, ARROW_STREAM_CONTENT_TYPE,
 };
 
 use arrow_array::{Array, RecordBatch};

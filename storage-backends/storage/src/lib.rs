@@ -156,7 +156,10 @@ fn validate_key(raw: &str, allow_trailing_slash: bool) -> Result<()> {
     } else {
         raw
     };
-    if body.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if body
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return invalid("key has an empty, '.' or '..' segment");
     }
     Ok(())
@@ -322,8 +325,12 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn new_key(&self) -> ObjectKey;
 
     /// Stores an object. A stream that fails leaves nothing behind (no partial object).
-    async fn put(&self, key: &ObjectKey, payload: PutPayload, opts: PutOptions)
-        -> Result<ObjectMeta>;
+    async fn put(
+        &self,
+        key: &ObjectKey,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<ObjectMeta>;
 
     /// A URL that lets anyone holding it `method` the object until `ttl` has passed.
     async fn presign(
