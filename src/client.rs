@@ -260,7 +260,8 @@ pub struct CallOutput {
     /// The result batch (for a pointer, the batch the object held).
     pub batch: RecordBatch,
     /// The result batch's metadata; for a resolved pointer, the object's batch metadata plus
-    /// `vgi_rpc.location.fetch_ms` and `vgi_rpc.location.source`.
+    /// `vgi_rpc.location.fetch_ms` and `vgi_rpc.location.source` (the latter is the original,
+    /// unredacted URL, as the protocol specifies: do not log it).
     pub metadata: Metadata,
     /// Log messages the server sent, in order (those inside a pointer's object last).
     pub logs: Vec<LogMessage>,
@@ -757,14 +758,16 @@ fn validate_protocol_name(name: &str) -> Result<()> {
     }
 }
 
-/// A method name: an identifier, `^[A-Za-z_][A-Za-z0-9_]*$`, at most 255 bytes.
+/// A method name: one URL path segment of unreserved characters (`A-Z a-z 0-9 _ . - ~`),
+/// not `.` or `..`, at most 255 bytes. vgi-rpc method names are identifiers, well inside this.
 fn validate_method_name(name: &str) -> Result<()> {
-    let mut chars = name.chars();
-    let ok = name.len() <= 255
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~'));
     if ok {
         Ok(())
     } else {
@@ -785,7 +788,18 @@ fn build_request_body(request: &CallRequest) -> Result<(SchemaRef, Metadata, Vec
             &RecordBatchOptions::new().with_row_count(Some(0)),
         )?
     } else if params.num_rows() == 1 {
-        params.clone()
+        // Schema and field metadata are not part of the protocol; send the bare fields.
+        let fields: Vec<Field> = params
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .clone()
+                    .with_metadata(arrow_schema::Metadata::default())
+            })
+            .collect();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), params.columns().to_vec())?
     } else {
         return Err(Error::Protocol(format!(
             "params for {} must have exactly 1 row, got {}",
@@ -1142,6 +1156,15 @@ mod tests {
         assert_eq!(b.metadata[keys::PROTOCOL_VERSION], "2.0.0");
         assert_eq!(b.metadata["traceparent"], "00-abc-def-01");
 
+        // Schema and field metadata are dropped.
+        let tagged = int_params("v", 1);
+        let field = tagged.schema().field(0).clone().with_metadata([("f", "1")]);
+        let schema = Schema::new(vec![field]).with_metadata([("s", "1")]);
+        let tagged = tagged.with_schema(Arc::new(schema)).unwrap();
+        let (schema, _, _) = build_request_body(&CallRequest::new("P", "m", tagged)).unwrap();
+        assert!(schema.metadata().is_empty());
+        assert!(schema.field(0).metadata().is_empty());
+
         // Without a protocol version the key is absent, even if smuggled in as extra metadata.
         let req = CallRequest::new("P", "m", int_params("v", 1))
             .with_metadata(keys::PROTOCOL_VERSION, "9.9.9");
@@ -1433,8 +1456,10 @@ mod tests {
         for bad in ["", "1P", "a/b", "a%2e", "a b"] {
             assert!(validate_protocol_name(bad).is_err(), "{bad}");
         }
-        validate_method_name("large_response").unwrap();
-        for bad in ["", "a.b", "../x", "m?x", "9m"] {
+        for good in ["large_response", "9m", "a.b", "my-method"] {
+            validate_method_name(good).unwrap();
+        }
+        for bad in ["", ".", "..", "../x", "m?x", "a/b", "a%2f", "a b"] {
             assert!(validate_method_name(bad).is_err(), "{bad}");
         }
         assert!(Client::new("ftp://h/", ClientConfig::default()).is_err());

@@ -57,7 +57,7 @@ impl UrlPolicy {
 
     fn is_trusted(&self, url: &Url) -> bool {
         let origin = url.origin().ascii_serialization();
-        self.trusted_origins.iter().any(|o| *o == origin)
+        self.trusted_origins.contains(&origin)
     }
 
     /// Checks a URL's scheme and, when its host is an IP literal, the address.
@@ -212,7 +212,7 @@ impl reqwest::dns::Resolve for PolicyResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let policy = self.policy.clone();
         let host = name.as_str().to_ascii_lowercase();
-        let trusted = self.trusted_hosts.iter().any(|h| *h == host);
+        let trusted = self.trusted_hosts.contains(&host);
         Box::pin(async move {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The Python reference implementation of vgi-rpc (0.52.2), for interoperability tests.
+#
+#   scripts/vgi-reference.sh python    install if needed, then print the venv's python path
+#   scripts/vgi-reference.sh install   install if needed (progress on stderr), print nothing
+#   scripts/vgi-reference.sh find-python   print the base interpreter a new venv would use
+#
+# The venv lives under ${SPILLWAY_TOOLS_DIR:-$HOME/.cache/spillway-tools} and holds
+# vgi-rpc[http,external]==0.52.2 and pytest, from the package index pip is configured with.
+# vgi-rpc 0.52.2 needs Python >= 3.13: set SPILLWAY_PYTHON to choose the interpreter, otherwise
+# the first of python3.14, python3.13, python3 on PATH that is new enough is used, then
+# pyenv's installed versions (which are not on PATH unless selected).
+# Only the venv's path goes to stdout; everything else goes to stderr.
+set -euo pipefail
+
+VGI_RPC_VERSION="0.52.2"
+MIN_MINOR=13 # Python 3.13
+TOOLS_DIR="${SPILLWAY_TOOLS_DIR:-$HOME/.cache/spillway-tools}"
+VENV="$TOOLS_DIR/vgi-rpc-$VGI_RPC_VERSION-venv"
+
+say() { echo "vgi-reference: $*" >&2; }
+die() {
+  say "error: $*"
+  exit 1
+}
+
+# True if $1 runs and is Python >= 3.$MIN_MINOR.
+new_enough() {
+  "$1" -c "import sys; sys.exit(sys.version_info < (3, $MIN_MINOR))" >/dev/null 2>&1
+}
+
+# Print a Python interpreter of at least 3.$MIN_MINOR, or fail with a message saying what to do.
+find_python() {
+  local cand
+  if [ -n "${SPILLWAY_PYTHON:-}" ]; then
+    new_enough "$SPILLWAY_PYTHON" && { echo "$SPILLWAY_PYTHON"; return 0; }
+    say "SPILLWAY_PYTHON=$SPILLWAY_PYTHON is not a working Python >= 3.$MIN_MINOR"
+    return 1
+  fi
+  for cand in python3.14 python3.13 python3; do
+    # A pyenv shim for a version that is not selected is on PATH but fails to run: new_enough
+    # rejects it and the loop goes on.
+    if command -v "$cand" >/dev/null 2>&1 && new_enough "$cand"; then
+      command -v "$cand"
+      return 0
+    fi
+  done
+  # pyenv installs versions that are not on PATH unless selected; newest first.
+  local root="${PYENV_ROOT:-$HOME/.pyenv}"
+  if [ -d "$root/versions" ]; then
+    while IFS= read -r cand; do
+      if [ -x "$cand" ] && new_enough "$cand"; then
+        echo "$cand"
+        return 0
+      fi
+    done < <(printf '%s\n' "$root"/versions/3.*/bin/python3 | sort -V -r)
+  fi
+  say "no Python >= 3.$MIN_MINOR found (vgi-rpc $VGI_RPC_VERSION requires it)."
+  say "  looked for: \$SPILLWAY_PYTHON, python3.14/python3.13/python3 on PATH, $root/versions/3.*"
+  say "  install one (e.g. 'pyenv install 3.13'), or point SPILLWAY_PYTHON at one."
+  return 1
+}
+
+# True if the venv is complete: the pinned vgi-rpc with its http/external extras, and pytest.
+venv_ok() {
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$VGI_RPC_VERSION" >/dev/null 2>&1 <<'EOF'
+import importlib.metadata as md
+import sys
+
+assert md.version("vgi-rpc") == sys.argv[1]
+import pyarrow  # noqa: F401
+import pytest  # noqa: F401
+import vgi_rpc.external  # noqa: F401
+import vgi_rpc.http  # noqa: F401
+EOF
+}
+
+install() {
+  venv_ok && return 0
+  local py
+  py="$(find_python)" || exit 1
+  say "installing vgi-rpc[http,external]==$VGI_RPC_VERSION and pytest into $VENV"
+  say "  with $py ($("$py" -c 'import platform; print(platform.python_version())'))"
+  mkdir -p "$TOOLS_DIR"
+  # --clear: a venv left half-built by an interrupted install starts over.
+  if ! "$py" -m venv --clear "$VENV" >&2; then
+    die "'$py -m venv' failed (on Debian/Ubuntu system Pythons, install the python3.X-venv package)"
+  fi
+  if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "vgi-rpc[http,external]==$VGI_RPC_VERSION" "pytest>=8" >&2; then
+    die "pip could not install vgi-rpc[http,external]==$VGI_RPC_VERSION (is the package index reachable?)"
+  fi
+  venv_ok || die "the venv at $VENV is still incomplete after installing; remove it and retry"
+  say "installed."
+}
+
+case "${1:-}" in
+  python)
+    install
+    echo "$VENV/bin/python"
+    ;;
+  install) install ;;
+  find-python) find_python ;;
+  *)
+    echo "usage: $0 python|install|find-python" >&2
+    exit 2
+    ;;
+esac
