@@ -230,7 +230,10 @@ fn interop(compression: Option<&str>, object_encoding: &str) {
         .arg("--object-encoding")
         .arg(object_encoding)
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1");
+        .env("PYTHONUNBUFFERED", "1")
+        // The client must reach the loopback server directly, never through a proxy.
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost");
     let out_path = work.path().join("interop.out");
     let status = run_with_deadline(cmd, &out_path, SCRIPT_TIMEOUT);
     let output = read_to_string_lossy(&out_path);

@@ -42,6 +42,7 @@ pub use service::{
     empty_schema, is_valid_protocol_name, parse_semver, CallContext, HandlerResult, Protocol,
     UnaryMethod,
 };
+pub use upload::{upload_url_schema, MAX_UPLOAD_URLS, UPLOAD_METHOD};
 
 use crate::externalize::{ExternalizeConfig, Externalizer};
 use crate::wire::RpcError;

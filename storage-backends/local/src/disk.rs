@@ -37,6 +37,9 @@ pub(crate) const MAX_HEADER_VALUE_LEN: usize = 1024;
 const WRITE_BUFFER: usize = 256 * 1024;
 const TEMP_SUFFIX: &str = ".part";
 
+/// A temporary upload file untouched this long belongs to a crashed process.
+pub(crate) const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
     key: String,
@@ -118,6 +121,8 @@ impl Drop for TempGuard {
 
 impl Layout {
     /// Creates the directories under `root` and removes temporary files left by a crash.
+    /// Only files untouched for [`STALE_TEMP_AGE`] go: replicas sharing one volume must not
+    /// delete each other's uploads in progress.
     pub(crate) fn create(root: &Path) -> Result<Self, StorageError> {
         let layout = Layout {
             objects: root.join("objects"),
@@ -129,7 +134,13 @@ impl Layout {
         for entry in std::fs::read_dir(&layout.tmp).map_err(io_err("list temp directory"))? {
             let entry = entry.map_err(io_err("list temp directory"))?;
             let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
-            if is_file && entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= STALE_TEMP_AGE);
+            if is_file && stale && entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
                 match std::fs::remove_file(entry.path()) {
                     Ok(()) => removed += 1,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -436,11 +447,21 @@ mod tests {
         let layout = Layout::create(dir.path()).unwrap();
         let stale = layout.new_temp_path();
         std::fs::write(&stale, b"half an upload").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - 2 * STALE_TEMP_AGE)
+            .unwrap();
+        // A fresh one may be another replica's upload in progress on a shared volume.
+        let live = layout.new_temp_path();
+        std::fs::write(&live, b"being written").unwrap();
         let unrelated = dir.path().join("tmp").join("keep.txt");
         std::fs::write(&unrelated, b"not ours").unwrap();
         drop(layout);
         let _layout = Layout::create(dir.path()).unwrap();
         assert!(!stale.exists());
+        assert!(live.exists());
         assert!(unrelated.exists());
     }
 

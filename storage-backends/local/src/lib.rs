@@ -156,8 +156,8 @@ fn check_put_options(opts: &PutOptions) -> Result<(), StorageError> {
 
 impl LocalStore {
     /// Opens (creating if needed) the store at `config.root` and removes temporary files left
-    /// by an earlier process. Two processes must not share a root: each removes the other's
-    /// in-progress uploads at startup.
+    /// by a crashed process (untouched for an hour). Replicas may share a root on a shared
+    /// volume if they share the signing secret.
     pub fn new(config: LocalStoreConfig) -> Result<Self, StorageError> {
         if config.secret.len() < MIN_SECRET_LEN {
             return Err(config_error(format!(
