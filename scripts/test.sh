@@ -18,9 +18,10 @@ export SPILLWAY_VGI_PYTHON SPILLWAY_REQUIRE_PYTHON
 echo "SPILLWAY_VGI_PYTHON=$SPILLWAY_VGI_PYTHON"
 echo "SPILLWAY_REQUIRE_PYTHON=$SPILLWAY_REQUIRE_PYTHON"
 
-step "cargo test --workspace $*"
+# --no-fail-fast: report every failing test target, not only the first.
+step "cargo test --workspace --no-fail-fast $*"
 status=0
-cargo test --workspace "$@" || status=$?
+cargo test --workspace --no-fail-fast "$@" || status=$?
 
 if [ "$status" -eq 0 ]; then
   step "all tests passed"

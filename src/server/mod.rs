@@ -219,7 +219,36 @@ async fn stamp_headers(State(st): State<Arc<AppState>>, mut req: Request, next: 
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     req.extensions_mut().insert(RequestId(request_id.clone()));
+    // A response sent before the request body was read to the end makes hyper drop the
+    // connection after it, without telling the client; say `Connection: close` so the client
+    // does not reuse it for its next request.
+    let has_body = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req
+            .headers()
+            .contains_key(axum::http::header::TRANSFER_ENCODING);
+    let body_done = Arc::new(std::sync::atomic::AtomicBool::new(!has_body));
+    if has_body {
+        let flag = body_done.clone();
+        let (parts, body) = req.into_parts();
+        let tracked = futures::StreamExt::chain(
+            body.into_data_stream(),
+            futures::stream::once(async move {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, axum::Error>(bytes::Bytes::new())
+            }),
+        );
+        req = Request::from_parts(parts, axum::body::Body::from_stream(tracked));
+    }
     let mut resp = next.run(req).await;
+    if !body_done.load(std::sync::atomic::Ordering::SeqCst) {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
     let h = resp.headers_mut();
     let cfg = &st.config;
     let mut set = |name: &'static str, value: String| {

@@ -16,7 +16,8 @@ Checks, each printed as PASS/FAIL; the exit status is non-zero if any fails:
     resolves it to the right bytes;
   - `echo` of small data round-trips inline;
   - `echo` of data above the request cap goes through the upload-URL flow and round-trips;
-  - an unknown method raises RpcError, and the next call on the same connection still works.
+  - an unknown method raises RpcError, and the next call on the same connection still works
+    (100 rounds, so a server that drops keep-alive connections after a 404 is caught).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import hashlib
 import io
 import os
+import socket
 import sys
 import time
 import traceback
@@ -159,6 +161,35 @@ def raw_call(base: str, method: str, params: pa.RecordBatch) -> tuple[int, list[
     return status, batches
 
 
+def read_http_response(sock: socket.socket) -> tuple[int, dict[str, str]]:
+    """Reads one HTTP/1.1 response (Content-Length or chunked body); returns status and headers."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed before a complete response")
+        buf += chunk
+    raw_head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = raw_head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        done: Callable[[bytes], bool] = lambda b: len(b) >= int(headers["content-length"])  # noqa: E731
+    elif "chunked" in headers.get("transfer-encoding", "").lower():
+        done = lambda b: b.endswith(b"0\r\n\r\n")  # noqa: E731
+    else:
+        done = lambda b: True  # noqa: E731
+    while not done(rest):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed inside a response body")
+        rest += chunk
+    return status, headers
+
+
 def data_batches(batches: list[tuple[pa.RecordBatch, dict[bytes, bytes]]]) -> list[tuple[pa.RecordBatch, dict[bytes, bytes]]]:
     """Drops log batches (zero rows with log level and message)."""
     return [
@@ -285,6 +316,53 @@ def main() -> int:
         return f"pointer -> {parsed.path[:36]}... ({len(raw)} B served, encoding {encoding or 'none'}{stored})"
 
     results.check(f"raw POST blob({big}) is a pointer batch", raw_big_blob)
+
+    def raw_404_keeps_connection() -> str:
+        # The request headers go first and the body only later, so the server routes (404)
+        # before the body has arrived. It must then either say `Connection: close`, or read the
+        # body and keep the connection usable; closing it silently breaks the client's next
+        # request on it (the Python client does not retry POSTs).
+        sink = io.BytesIO()
+        params = pa.record_batch([pa.array([b"x" * small], pa.binary())], names=["data"])
+        with ipc.new_stream(sink, params.schema) as writer:
+            writer.write_batch(
+                params, custom_metadata={"vgi_rpc.method": "no_such_method", "vgi_rpc.request_version": "1"}
+            )
+        body = sink.getvalue()
+        head = (
+            f"POST /{PROTOCOL}/no_such_method HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n"
+            f"Content-Type: {ARROW_STREAM}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", args.port), timeout=30) as sock:
+            sock.sendall(head)
+            sock.settimeout(1.0)
+            try:
+                early = read_http_response(sock)  # a server that answers without the body
+            except TimeoutError:
+                early = None  # a server that waits for the body first
+            sock.settimeout(30)
+            if early is None:
+                sock.sendall(body)
+                status, headers = read_http_response(sock)
+            else:
+                status, headers = early
+            expect(status == 404, f"unknown method answered HTTP {status}")
+            if "close" in headers.get("connection", "").lower():
+                return "404 with Connection: close"
+            try:
+                if early is not None:
+                    sock.sendall(body)
+                sock.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n\r\n".encode())
+                next_status, _ = read_http_response(sock)
+            except OSError as exc:
+                raise AssertionError(
+                    "the server answered 404 without `Connection: close` but then closed the "
+                    f"connection; the next request on it failed ({type(exc).__name__}: {exc})"
+                ) from exc
+            expect(next_status == 200, f"next request on the connection answered HTTP {next_status}")
+            return "404, then the same connection served the next request"
+
+    results.check("raw POST unknown method (body after headers) leaves the connection usable", raw_404_keeps_connection)
 
     with http_connect(SpillwayDemo, base, external_location=config, on_log=logs.append) as client:
 
