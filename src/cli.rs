@@ -12,9 +12,10 @@ use arrow_schema::{DataType, Field, Schema};
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::{CallRequest, Client, ClientConfig};
-use crate::config::{spawn_retention_sweep, LogFormat, ServeArgs};
+use crate::config::{spawn_retention_sweep, LogFormat, ServeArgs, StorageArgs, StorageKind};
 use crate::error::{Error, Result};
 use crate::url_policy::UrlPolicy;
+use spillway_storage::InitOptions;
 
 /// Arrow RPC (vgi-rpc over HTTP) that carries results of any size through object storage.
 #[derive(Debug, Parser)]
@@ -32,6 +33,34 @@ pub enum Command {
     Serve(ServeArgs),
     /// Call a unary method and print its result.
     Call(CallArgs),
+    /// Manage the object store.
+    #[command(subcommand)]
+    Storage(StorageCommand),
+}
+
+/// `spillway storage ...`.
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// Prepare the store: optionally create the bucket, and install a lifecycle rule that
+    /// expires objects under the key prefix (and aborts incomplete multipart uploads).
+    Init(StorageInitArgs),
+}
+
+/// `spillway storage init` settings.
+#[derive(Debug, Clone, Args)]
+pub struct StorageInitArgs {
+    /// The store.
+    #[command(flatten)]
+    pub store: StorageArgs,
+    /// Create the bucket when it does not exist.
+    #[arg(long)]
+    pub create_bucket: bool,
+    /// Expire objects under the key prefix after this many days (0: no expiry rule).
+    #[arg(long, env = "SPILLWAY_EXPIRE_AFTER_DAYS", default_value_t = 1)]
+    pub expire_after_days: u32,
+    /// Abort incomplete multipart uploads after this many days.
+    #[arg(long, default_value_t = 1)]
+    pub abort_incomplete_uploads_after_days: u32,
 }
 
 /// `spillway call` settings.
@@ -80,7 +109,26 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Call(args) => call(args).await,
+        Command::Storage(StorageCommand::Init(args)) => storage_init(args).await,
     }
+}
+
+async fn storage_init(args: StorageInitArgs) -> Result<()> {
+    init_tracing("warn", LogFormat::Text);
+    if args.store.storage == StorageKind::Local {
+        println!("the local store needs no initialization (retention: SPILLWAY_LOCAL_RETENTION)");
+        return Ok(());
+    }
+    let storage = args.store.connect_cloud().await?;
+    let report = storage
+        .init(&InitOptions {
+            create_bucket: args.create_bucket,
+            expire_after_days: args.expire_after_days,
+            abort_incomplete_uploads_after_days: args.abort_incomplete_uploads_after_days,
+        })
+        .await?;
+    println!("{report}");
+    Ok(())
 }
 
 /// Installs the tracing subscriber (`RUST_LOG` overrides the default level).
@@ -98,19 +146,19 @@ pub fn init_tracing(default: &str, format: LogFormat) {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     init_tracing("info", args.log_format);
-    let (server, local) = args.build_server()?;
+    let (server, local) = args.build_server().await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr()?;
     if let Some(store) = local {
-        spawn_retention_sweep(store, Duration::from_secs(args.local_retention));
+        spawn_retention_sweep(store, Duration::from_secs(args.store.local_retention));
     }
     tracing::info!(
         listen = %addr,
         public_url = %args.public_url()?,
         prefix = %args.prefix,
-        storage = ?args.storage,
+        storage = ?args.store.storage,
         threshold_bytes = args.threshold_bytes,
         compression = %args.compression,
         "spillway serving protocol {}",

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use spillway_storage::Storage;
+use spillway_storage::{Storage, StoreSettings};
+use spillway_storage_gcs::{GcsArgs, GcsStore};
 use spillway_storage_local::{LocalStore, LocalStoreConfig};
+use spillway_storage_s3::{S3Args, S3Store};
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -38,15 +40,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// `spillway serve` settings.
+/// Which store, and the settings of each kind (shared by `serve` and `storage init`).
 #[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "SPILLWAY_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Mount prefix of every route, e.g. `/vgi` (empty: root).
-    #[arg(long, env = "SPILLWAY_PREFIX", default_value = "")]
-    pub prefix: String,
+pub struct StorageArgs {
     /// Object store for externalized payloads.
     #[arg(long, env = "SPILLWAY_STORAGE", value_enum, default_value = "local")]
     pub storage: StorageKind,
@@ -56,9 +52,61 @@ pub struct ServeArgs {
     /// Prefix of every object key, e.g. `spillway/`.
     #[arg(long, env = "SPILLWAY_KEY_PREFIX", default_value = "spillway/")]
     pub key_prefix: String,
+    /// Largest object accepted through an upload URL.
+    #[arg(long, env = "SPILLWAY_MAX_UPLOAD_BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
     /// Directory of the local store [default: <temp dir>/spillway-objects].
     #[arg(long, env = "SPILLWAY_LOCAL_DIR")]
     pub local_dir: Option<PathBuf>,
+    /// Local-store objects older than this many seconds are deleted (0: keep forever).
+    #[arg(long, env = "SPILLWAY_LOCAL_RETENTION", default_value_t = 86400)]
+    pub local_retention: u64,
+    /// S3 settings.
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// GCS settings.
+    #[command(flatten)]
+    pub gcs: GcsArgs,
+}
+
+impl StorageArgs {
+    /// The settings every backend shares.
+    pub fn settings(&self) -> StoreSettings {
+        StoreSettings {
+            bucket: self.bucket.clone(),
+            key_prefix: self.key_prefix.clone(),
+            max_object_bytes: self.max_upload_bytes,
+        }
+    }
+
+    /// Connects to a cloud store (S3, GCS). The local store is built by
+    /// [`ServeArgs::build_server`], which knows the URLs it is served under.
+    pub async fn connect_cloud(&self) -> Result<Arc<dyn Storage>> {
+        let settings = self.settings();
+        Ok(match self.storage {
+            StorageKind::S3 => Arc::new(S3Store::connect(&self.s3, &settings).await?),
+            StorageKind::Gcs => Arc::new(GcsStore::connect(&self.gcs, &settings).await?),
+            StorageKind::Local => {
+                return Err(Error::Config(
+                    "the local store is built by the server it is served from".into(),
+                ))
+            }
+        })
+    }
+}
+
+/// `spillway serve` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SPILLWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Mount prefix of every route, e.g. `/vgi` (empty: root).
+    #[arg(long, env = "SPILLWAY_PREFIX", default_value = "")]
+    pub prefix: String,
+    /// Where externalized payloads go.
+    #[command(flatten)]
+    pub store: StorageArgs,
     /// Base URL clients use to reach this server (and the local store's objects)
     /// [default: http://<listen>].
     #[arg(long, env = "SPILLWAY_PUBLIC_URL")]
@@ -85,9 +133,6 @@ pub struct ServeArgs {
         default_value_t = 8 * 1024 * 1024 * 1024
     )]
     pub max_externalized_response_bytes: u64,
-    /// Largest object accepted through an upload URL.
-    #[arg(long, env = "SPILLWAY_MAX_UPLOAD_BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
-    pub max_upload_bytes: u64,
     /// Lifetime in seconds of vended upload/download URL pairs.
     #[arg(long, env = "SPILLWAY_UPLOAD_URL_TTL", default_value_t = 3600)]
     pub upload_url_ttl: u64,
@@ -95,9 +140,6 @@ pub struct ServeArgs {
     /// [default: random per process].
     #[arg(long, env = "SPILLWAY_SIGNING_SECRET", hide_env_values = true)]
     pub signing_secret: Option<String>,
-    /// Local-store objects older than this many seconds are deleted (0: keep forever).
-    #[arg(long, env = "SPILLWAY_LOCAL_RETENTION", default_value_t = 86400)]
-    pub local_retention: u64,
     /// Longest a method may run, in seconds.
     #[arg(long, env = "SPILLWAY_METHOD_TIMEOUT", default_value_t = 600)]
     pub method_timeout: u64,
@@ -165,7 +207,7 @@ impl ServeArgs {
             prefix: normalize_prefix(&self.prefix),
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
-            max_upload_bytes: self.max_upload_bytes,
+            max_upload_bytes: self.store.max_upload_bytes,
             upload_url_ttl: Duration::from_secs(self.upload_url_ttl.max(1)),
             method_timeout: Duration::from_secs(self.method_timeout.max(1)),
             externalize: ExternalizeConfig {
@@ -181,14 +223,15 @@ impl ServeArgs {
 
     /// Builds the server (demo protocol, storage, routes). Returns the local store too, when
     /// that is the storage, so the caller can run its retention sweep.
-    pub fn build_server(&self) -> Result<(Server, Option<Arc<LocalStore>>)> {
+    pub async fn build_server(&self) -> Result<(Server, Option<Arc<LocalStore>>)> {
         let config = self.server_config()?;
         let prefix = config.prefix.clone();
         let demo = crate::demo::protocol_with_limit(self.demo_max_blob_bytes)?;
         let server = Server::new(config).with_protocol(demo);
-        match self.storage {
+        match self.store.storage {
             StorageKind::Local => {
                 let root = self
+                    .store
                     .local_dir
                     .clone()
                     .unwrap_or_else(|| std::env::temp_dir().join("spillway-objects"));
@@ -201,10 +244,10 @@ impl ServeArgs {
                 public_base.set_query(None);
                 let store = Arc::new(LocalStore::new(LocalStoreConfig {
                     root,
-                    key_prefix: self.key_prefix.clone(),
+                    key_prefix: self.store.key_prefix.clone(),
                     public_base,
                     secret: self.signing_secret()?,
-                    max_object_bytes: self.max_upload_bytes,
+                    max_object_bytes: self.store.max_upload_bytes,
                 })?);
                 let routes = store.clone().router();
                 let storage: Arc<dyn Storage> = store.clone();
@@ -215,13 +258,10 @@ impl ServeArgs {
                     Some(store),
                 ))
             }
-            StorageKind::S3 | StorageKind::Gcs => Err(Error::Config(format!(
-                "SPILLWAY_STORAGE={} is not available in this build yet; use local",
-                match self.storage {
-                    StorageKind::S3 => "s3",
-                    _ => "gcs",
-                }
-            ))),
+            StorageKind::S3 | StorageKind::Gcs => {
+                let storage = self.store.connect_cloud().await?;
+                Ok((server.with_storage(storage), None))
+            }
         }
     }
 }

@@ -49,7 +49,7 @@ impl TestServer {
         let Command::Serve(args) = cli.command else {
             unreachable!()
         };
-        let (server, store) = args.build_server().unwrap();
+        let (server, store) = args.build_server().await.unwrap();
         let base = format!(
             "http://127.0.0.1:{port}{}",
             args.server_config().unwrap().prefix

@@ -353,6 +353,55 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// that is still valid), the key it names. Servers use this to read client-sent pointers
     /// through the store instead of fetching arbitrary URLs.
     fn key_from_url(&self, url: &Url) -> Result<ObjectKey>;
+
+    /// A cheap call proving the store is reachable and usable with the configured
+    /// credentials (readiness probes cache its result).
+    async fn check_ready(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Prepares the store for Spillway (`spillway storage init`): creates the bucket if asked,
+    /// and installs a lifecycle rule expiring objects under the key prefix. Returns a
+    /// human-readable account of what was done.
+    async fn init(&self, opts: &InitOptions) -> Result<String> {
+        let _ = opts;
+        Ok(format!(
+            "nothing to initialize for the {} store",
+            self.kind()
+        ))
+    }
+}
+
+/// What `spillway storage init` should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitOptions {
+    /// Create the bucket when it does not exist.
+    pub create_bucket: bool,
+    /// Expire objects under the key prefix after this many days (0: install no rule).
+    pub expire_after_days: u32,
+    /// Abort incomplete multipart uploads after this many days (S3).
+    pub abort_incomplete_uploads_after_days: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            create_bucket: false,
+            expire_after_days: 1,
+            abort_incomplete_uploads_after_days: 1,
+        }
+    }
+}
+
+/// Settings every backend shares (the backend-specific ones live in each backend crate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Bucket (S3, GCS); ignored by the local store.
+    pub bucket: Option<String>,
+    /// Prefix of every key (validated with [`validate_key_prefix`]).
+    pub key_prefix: String,
+    /// Largest object accepted through an upload URL or `put`.
+    pub max_object_bytes: u64,
 }
 
 /// `scheme://host[:port]/path`: a URL with its query string (signatures, credentials), user
