@@ -124,6 +124,24 @@ pub struct Externalized {
     pub stored_bytes: u64,
     /// Wall time spent.
     pub elapsed: Duration,
+    /// Where the time went.
+    pub timings: ExternalizeTimings,
+}
+
+/// Time spent per stage of one externalization. The stages run as a pipeline (the upload
+/// overlaps the encoding), so they add up to more than the wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExternalizeTimings {
+    /// Arrow IPC encoding (CPU, on the encoder thread).
+    pub encode: Duration,
+    /// sha256 over the raw bytes (CPU, on the encoder thread).
+    pub hash: Duration,
+    /// zstd compression (CPU, on the encoder thread).
+    pub compress: Duration,
+    /// Time the encoder thread waited for the upload to take the next chunk.
+    pub upload_wait: Duration,
+    /// Wall time of the storage upload, from its start to the stored object.
+    pub upload: Duration,
 }
 
 /// Writes objects to a [`Storage`] and makes pointers to them.
@@ -187,6 +205,7 @@ impl Externalizer {
                 buf: BytesMut::with_capacity(chunk_bytes),
                 chunk_bytes,
                 sent: 0,
+                wait: Duration::ZERO,
             };
             let result = encode_object(&writer_schema, &batches, compression, cap, sink);
             if result.is_err() {
@@ -203,6 +222,7 @@ impl Externalizer {
             })
         });
         let stream = tokio_stream_from(rx);
+        let upload_started = Instant::now();
         let put = self.storage.put(
             &key,
             PutPayload::Stream {
@@ -214,9 +234,14 @@ impl Externalizer {
                 content_encoding: compression.content_encoding().map(str::to_string),
             },
         );
-        let (put_result, encode_result) = tokio::join!(put, encode);
-        let (sha256, raw_bytes, stored_bytes) =
+        let put = async {
+            let r = put.await;
+            (r, upload_started.elapsed())
+        };
+        let ((put_result, upload_time), encode_result) = tokio::join!(put, encode);
+        let (sha256, raw_bytes, stored_bytes, mut timings) =
             encode_result.map_err(|e| Error::Internal(format!("encoder task failed: {e}")))??;
+        timings.upload = upload_time;
         let meta = put_result?;
         debug_assert_eq!(meta.size, stored_bytes);
         let url = self
@@ -231,6 +256,7 @@ impl Externalizer {
             raw_bytes,
             stored_bytes,
             elapsed: started.elapsed(),
+            timings,
         })
     }
 }
@@ -258,22 +284,23 @@ impl From<io::Error> for EncodeError {
     }
 }
 
-/// Returns (sha256 hex, raw bytes, stored bytes).
+/// Returns (sha256 hex, raw bytes, stored bytes, timings without the upload's).
 fn encode_object(
     schema: &SchemaRef,
     batches: &[MetaBatch],
     compression: Compression,
     cap: Option<u64>,
     sink: ChunkSender,
-) -> std::result::Result<(String, u64, u64), EncodeError> {
+) -> std::result::Result<(String, u64, u64, ExternalizeTimings), EncodeError> {
+    let started = Instant::now();
     let counter = StoredCounter { inner: sink };
     let (hasher, counter) = match compression {
         Compression::None => {
             let hasher = HashingWriter::new(Inner::Plain(counter), cap);
             let hasher = write_batches(schema, batches, hasher)?;
-            let (digest, raw, inner) = hasher.finish();
+            let (digest, raw, hash_time, downstream, inner) = hasher.finish();
             match inner {
-                Inner::Plain(c) => ((digest, raw), c),
+                Inner::Plain(c) => ((digest, raw, hash_time, downstream), c),
                 Inner::Zstd(_) => unreachable_inner()?,
             }
         }
@@ -282,17 +309,30 @@ fn encode_object(
             enc.include_checksum(false)?;
             let hasher = HashingWriter::new(Inner::Zstd(enc), cap);
             let hasher = write_batches(schema, batches, hasher)?;
-            let (digest, raw, inner) = hasher.finish();
+            let (digest, raw, hash_time, mut downstream, inner) = hasher.finish();
             match inner {
-                Inner::Zstd(enc) => ((digest, raw), enc.finish()?),
+                Inner::Zstd(enc) => {
+                    let t = Instant::now();
+                    let counter = enc.finish()?;
+                    downstream += t.elapsed();
+                    ((digest, raw, hash_time, downstream), counter)
+                }
                 Inner::Plain(_) => unreachable_inner()?,
             }
         }
     };
-    let (digest, raw) = hasher;
+    let (digest, raw, hash, downstream) = hasher;
     let mut sink = counter.inner;
     sink.flush_chunk()?;
-    Ok((digest, raw, sink.sent))
+    let total = started.elapsed();
+    let timings = ExternalizeTimings {
+        encode: total.saturating_sub(hash + downstream),
+        hash,
+        compress: downstream.saturating_sub(sink.wait),
+        upload_wait: sink.wait,
+        upload: Duration::ZERO,
+    };
+    Ok((digest, raw, sink.sent, timings))
 }
 
 fn unreachable_inner<T>() -> std::result::Result<T, EncodeError> {
@@ -349,6 +389,8 @@ struct HashingWriter {
     raw: Arc<AtomicU64>,
     cap: Option<u64>,
     inner: Inner,
+    hash_time: Duration,
+    downstream_time: Duration,
 }
 
 impl HashingWriter {
@@ -358,19 +400,28 @@ impl HashingWriter {
             raw: Arc::new(AtomicU64::new(0)),
             cap,
             inner,
+            hash_time: Duration::ZERO,
+            downstream_time: Duration::ZERO,
         }
     }
 
-    fn finish(self) -> (String, u64, Inner) {
+    fn finish(self) -> (String, u64, Duration, Duration, Inner) {
         let raw = self.raw.load(Ordering::Relaxed);
-        (hex::encode(self.hasher.finalize()), raw, self.inner)
+        let t = Instant::now();
+        let digest = hex::encode(self.hasher.finalize());
+        let hash_time = self.hash_time + t.elapsed();
+        (digest, raw, hash_time, self.downstream_time, self.inner)
     }
 }
 
 impl Write for HashingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let t = Instant::now();
         let n = self.inner.write(buf)?;
+        let t2 = Instant::now();
+        self.downstream_time += t2 - t;
         self.hasher.update(&buf[..n]);
+        self.hash_time += t2.elapsed();
         let raw = self.raw.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         if let Some(cap) = self.cap {
             if raw > cap {
@@ -404,6 +455,7 @@ struct ChunkSender {
     buf: BytesMut,
     chunk_bytes: usize,
     sent: u64,
+    wait: Duration,
 }
 
 impl ChunkSender {
@@ -414,9 +466,13 @@ impl ChunkSender {
         let chunk = self.buf.split().freeze();
         self.sent += chunk.len() as u64;
         self.buf.reserve(self.chunk_bytes);
-        self.tx
+        let t = Instant::now();
+        let sent = self
+            .tx
             .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::other("storage upload stopped before the object was complete"))
+            .map_err(|_| io::Error::other("storage upload stopped before the object was complete"));
+        self.wait += t.elapsed();
+        sent
     }
 }
 

@@ -458,6 +458,10 @@ async fn invoke(
         raw_bytes = ext.raw_bytes,
         stored_bytes = ext.stored_bytes,
         elapsed_ms = ext.elapsed.as_secs_f64() * 1000.0,
+        encode_ms = ext.timings.encode.as_secs_f64() * 1000.0,
+        hash_ms = ext.timings.hash.as_secs_f64() * 1000.0,
+        compress_ms = ext.timings.compress.as_secs_f64() * 1000.0,
+        upload_ms = ext.timings.upload.as_secs_f64() * 1000.0,
         url = %spillway_storage::redact_url(ext.url.url.as_str()),
         "result externalized"
     );
