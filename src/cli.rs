@@ -12,7 +12,7 @@ use arrow_schema::{DataType, Field, Schema};
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::{CallRequest, Client, ClientConfig};
-use crate::config::{spawn_retention_sweep, LogFormat, ServeArgs, StorageArgs, StorageKind};
+use crate::config::{LogFormat, ServeArgs, StorageArgs, StorageKind};
 use crate::error::{Error, Result};
 use crate::url_policy::UrlPolicy;
 use spillway_storage::InitOptions;
@@ -146,50 +146,7 @@ pub fn init_tracing(default: &str, format: LogFormat) {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     init_tracing("info", args.log_format);
-    let (server, local) = args.build_server().await?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", args.listen)))?;
-    let addr = listener.local_addr()?;
-    if let Some(store) = local {
-        spawn_retention_sweep(store, Duration::from_secs(args.store.local_retention));
-    }
-    tracing::info!(
-        listen = %addr,
-        public_url = %args.public_url()?,
-        prefix = %args.prefix,
-        storage = ?args.store.storage,
-        threshold_bytes = args.threshold_bytes,
-        compression = %args.compression,
-        "spillway serving protocol {}",
-        crate::demo::PROTOCOL
-    );
-    axum::serve(listener, server.router())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down: finishing in-flight calls");
+    crate::serve::run(args).await
 }
 
 /// Splits `PROTOCOL.METHOD` at the last dot.

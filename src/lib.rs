@@ -25,6 +25,7 @@ pub mod externalize;
 pub mod fetch;
 pub mod object;
 mod redact;
+pub mod serve;
 pub mod server;
 pub mod url_policy;
 pub mod wire;
