@@ -52,4 +52,3 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down: finishing in-flight calls");
 }
-

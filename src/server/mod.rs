@@ -67,6 +67,11 @@ pub struct ServerConfig {
     pub server_id: String,
     /// Externalization policy (used when a storage is configured).
     pub externalize: ExternalizeConfig,
+    /// How request pointers are resolved. `None` (the default): only URLs of this server's
+    /// own storage, read through the storage. `Some(fetcher)`: any URL the fetcher's URL
+    /// policy allows, fetched over HTTP (for test rigs such as the vgi-rpc conformance
+    /// suite, whose storage is a separate service).
+    pub request_pointer_fetcher: Option<crate::fetch::Fetcher>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +85,7 @@ impl Default for ServerConfig {
             method_timeout: Duration::from_secs(600),
             server_id: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
             externalize: ExternalizeConfig::default(),
+            request_pointer_fetcher: None,
         }
     }
 }

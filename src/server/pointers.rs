@@ -30,6 +30,17 @@ pub(crate) async fn resolve_request_pointer(
     let raw_url = md
         .get(keys::LOCATION)
         .ok_or_else(|| Error::Protocol("pointer without vgi_rpc.location".into()))?;
+    if let Some(fetcher) = &st.config.request_pointer_fetcher {
+        let pointer = crate::wire::MetaBatch {
+            batch: RecordBatch::new_empty(params.clone()),
+            metadata: md.clone(),
+        };
+        tracing::debug!(request_id, url = %spillway_storage::redact_url(raw_url), "fetching request pointer");
+        return fetcher
+            .resolve(&pointer, None)
+            .await
+            .map(|(resolved, _)| resolved);
+    }
     let redacted = spillway_storage::redact_url(raw_url);
     let rejected = |reason: String| Error::UrlRejected {
         url: redacted.clone(),

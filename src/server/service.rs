@@ -190,6 +190,7 @@ pub struct CallContext {
     metadata: Arc<Metadata>,
     request_id: Arc<str>,
     logs: Arc<Mutex<Vec<LogMessage>>>,
+    pointer: Arc<Mutex<Option<(String, Option<String>)>>>,
 }
 
 impl CallContext {
@@ -200,7 +201,21 @@ impl CallContext {
             metadata: Arc::new(metadata),
             request_id: request_id.into(),
             logs: Arc::default(),
+            pointer: Arc::default(),
         }
+    }
+
+    /// Answers this call with a pointer to an object published beforehand (an "external
+    /// reference"), instead of the returned batch: no threshold or cap applies. The handler
+    /// still returns a batch on the result schema (its value is not sent).
+    pub fn respond_with_pointer(&self, url: impl Into<String>, sha256_hex: Option<String>) {
+        if let Ok(mut p) = self.pointer.lock() {
+            *p = Some((url.into(), sha256_hex));
+        }
+    }
+
+    pub(crate) fn take_pointer(&self) -> Option<(String, Option<String>)> {
+        self.pointer.lock().ok().and_then(|mut p| p.take())
     }
 
     /// The protocol's wire name.

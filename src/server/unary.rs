@@ -379,6 +379,15 @@ async fn invoke(
         .iter()
         .map(|l| l.to_batch(result_schema))
         .collect();
+    if let Some((url, sha)) = ctx.take_pointer() {
+        let mut batches = log_batches;
+        batches.push(crate::wire::pointer_batch(
+            result_schema,
+            &url,
+            sha.as_deref(),
+        ));
+        return Ok(arrow_response(result_schema, &batches));
+    }
     let void = result_schema.fields().is_empty();
     let batch = if void {
         void_batch()?
