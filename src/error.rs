@@ -91,6 +91,58 @@ pub enum Error {
     /// A background task died (panicked or was cancelled).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A download failed in a way the fetch engine classifies (after the retries its kind
+    /// allows): see [`FetchFailure`] for the kinds.
+    #[error("fetch failed ({kind}) for {url}: {detail}")]
+    Fetch {
+        /// What went wrong.
+        kind: FetchFailure,
+        /// The redacted URL.
+        url: String,
+        /// Details (never a signed query string).
+        detail: String,
+    },
+}
+
+/// The kinds of [`Error::Fetch`]. Final HTTP statuses are [`Error::HttpStatus`], refused URLs
+/// [`Error::UrlRejected`], caps [`Error::TooLarge`] and digest mismatches [`Error::Checksum`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FetchFailure {
+    /// The overall deadline of the fetch passed.
+    Timeout,
+    /// A request delivered no byte for the stall timeout, on every retry.
+    Stalled,
+    /// Connecting failed or the connection broke (reset, closed mid-body), on every retry.
+    Connection,
+    /// A response ended before the length it announced, on every retry.
+    ShortBody,
+    /// A response broke the range contract (wrong `Content-Range`, wrong length, extra
+    /// bytes, an unexpected status), on every retry.
+    BadResponse,
+    /// The object changed while it was being fetched (its ETag, size or encoding differs
+    /// between responses, or the store answered 412/416 to a conditional range).
+    ObjectChanged,
+}
+
+impl FetchFailure {
+    /// A short lowercase label, used in messages and as the `kind` label of
+    /// `spillway_fetch_failures_total`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FetchFailure::Timeout => "timeout",
+            FetchFailure::Stalled => "stalled",
+            FetchFailure::Connection => "connection",
+            FetchFailure::ShortBody => "short_body",
+            FetchFailure::BadResponse => "bad_response",
+            FetchFailure::ObjectChanged => "object_changed",
+        }
+    }
+}
+
+impl std::fmt::Display for FetchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The crate's result type.

@@ -19,9 +19,13 @@
 #![allow(clippy::result_large_err)]
 
 mod body;
+mod emit;
 mod pointers;
+mod request;
 mod response;
 mod service;
+mod stream;
+mod tokens;
 mod unary;
 mod upload;
 
@@ -30,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -39,9 +43,10 @@ use spillway_storage::Storage;
 
 pub use response::{ApiError, RPC_ERROR_HEADER};
 pub use service::{
-    empty_schema, is_valid_protocol_name, parse_semver, CallContext, HandlerResult, Protocol,
-    UnaryMethod,
+    empty_schema, is_valid_protocol_name, parse_semver, CallContext, HandlerResult, Method,
+    Protocol, UnaryMethod,
 };
+pub use stream::{StreamMethod, StreamStart, StreamTurn, TurnOutput, CANCEL_KEY};
 pub use upload::{upload_url_schema, MAX_UPLOAD_URLS, UPLOAD_METHOD};
 
 use crate::externalize::{ExternalizeConfig, Externalizer};
@@ -72,6 +77,11 @@ pub struct ServerConfig {
     /// policy allows, fetched over HTTP (for test rigs such as the vgi-rpc conformance
     /// suite, whose storage is a separate service).
     pub request_pointer_fetcher: Option<crate::fetch::Fetcher>,
+    /// Secret signing stream state tokens (at least 32 bytes); replicas behind one load
+    /// balancer must share it. Defaults to a random per-process secret.
+    pub signing_secret: Vec<u8>,
+    /// Longest pause allowed between two turns of a stream.
+    pub stream_token_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +96,12 @@ impl Default for ServerConfig {
             server_id: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
             externalize: ExternalizeConfig::default(),
             request_pointer_fetcher: None,
+            signing_secret: {
+                let mut secret = vec![0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+                secret
+            },
+            stream_token_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -106,6 +122,7 @@ pub(crate) struct AppState {
     pub(crate) primary_protocol: String,
     pub(crate) storage: Option<Arc<dyn Storage>>,
     pub(crate) externalizer: Option<Externalizer>,
+    pub(crate) tokens: tokens::TokenSigner,
 }
 
 /// A vgi-rpc server: protocols, storage, settings.
@@ -160,7 +177,9 @@ impl Server {
             .as_ref()
             .map(|s| Externalizer::new(s.clone(), config.externalize.clone()));
         let has_storage = self.storage.is_some();
+        let tokens = tokens::TokenSigner::new(config.signing_secret.clone(), config.stream_token_ttl);
         let state = Arc::new(AppState {
+            tokens,
             protocols: self
                 .protocols
                 .into_iter()
@@ -177,8 +196,8 @@ impl Server {
                 "/{protocol}/{method}",
                 post(unary::unary).get(rpc_get).fallback(not_allowed),
             )
-            .route("/{protocol}/{method}/init", post(unary::stream_route))
-            .route("/{protocol}/{method}/exchange", post(unary::stream_route))
+            .route("/{protocol}/{method}/init", post(stream::init_route))
+            .route("/{protocol}/{method}/exchange", post(stream::exchange_route))
             .route("/{name}", post(flat_route));
         if has_storage {
             rpc = rpc.route("/__upload_url__/init", post(upload::upload_url_init));
@@ -300,7 +319,7 @@ async fn stamp_headers(State(st): State<Arc<AppState>>, mut req: Request, next: 
     resp
 }
 
-async fn health(State(st): State<Arc<AppState>>, method: Method) -> Response {
+async fn health(State(st): State<Arc<AppState>>, method: axum::http::Method) -> Response {
     let body = serde_json::json!({
         "status": "ok",
         "server_id": st.config.server_id,
@@ -313,7 +332,7 @@ async fn health(State(st): State<Arc<AppState>>, method: Method) -> Response {
         body,
     )
         .into_response();
-    if method == Method::HEAD {
+    if method == axum::http::Method::HEAD {
         *resp.body_mut() = axum::body::Body::empty();
     }
     resp

@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::error::{Error, Result};
+use super::stream::StreamMethod;
 use crate::wire::{LogMessage, Metadata, RpcError};
 
 /// What a unary handler returns: the result batch (1 row on the result schema; for a void
@@ -48,6 +49,25 @@ impl fmt::Debug for UnaryMethod {
     }
 }
 
+/// A method of a protocol.
+#[derive(Clone, Debug)]
+pub enum Method {
+    /// Request → one result.
+    Unary(UnaryMethod),
+    /// A producer or exchange stream.
+    Stream(StreamMethod),
+}
+
+impl Method {
+    /// The parameter schema.
+    pub fn params(&self) -> &SchemaRef {
+        match self {
+            Method::Unary(m) => &m.params,
+            Method::Stream(m) => &m.params,
+        }
+    }
+}
+
 /// A protocol: a wire name, an optional semver, and its methods.
 ///
 /// ```
@@ -76,7 +96,7 @@ impl fmt::Debug for UnaryMethod {
 pub struct Protocol {
     name: String,
     version: Option<(u64, u64, u64)>,
-    methods: BTreeMap<String, UnaryMethod>,
+    methods: BTreeMap<String, Method>,
 }
 
 impl Protocol {
@@ -127,12 +147,18 @@ impl Protocol {
         let handler: Arc<UnaryFn> = Arc::new(move |ctx, batch| handler(ctx, batch).boxed());
         self.methods.insert(
             name.into(),
-            UnaryMethod {
+            Method::Unary(UnaryMethod {
                 params,
                 result,
                 handler,
-            },
+            }),
         );
+        self
+    }
+
+    /// Adds a stream method (see [`StreamMethod`] for the producer/exchange builders).
+    pub fn stream(mut self, name: impl Into<String>, method: StreamMethod) -> Self {
+        self.methods.insert(name.into(), Method::Stream(method));
         self
     }
 
@@ -147,7 +173,7 @@ impl Protocol {
     }
 
     /// A method by name.
-    pub fn method(&self, name: &str) -> Option<&UnaryMethod> {
+    pub fn method(&self, name: &str) -> Option<&Method> {
         self.methods.get(name)
     }
 
@@ -256,6 +282,13 @@ impl CallContext {
             .lock()
             .map(|mut l| std::mem::take(&mut *l))
             .unwrap_or_default()
+    }
+}
+
+impl CallContext {
+    /// A context for a stream turn (continuation requests carry no dispatch metadata).
+    pub(crate) fn for_turn(protocol: &str, method: &str, metadata: Metadata, request_id: &str) -> Self {
+        Self::new(protocol, method, metadata, request_id)
     }
 }
 

@@ -13,7 +13,7 @@ use spillway_storage::PresignMethod;
 
 use super::body::{check_content_type, read_body};
 use super::response::{arrow_response, ApiError};
-use super::unary::rpc_error_from;
+use super::request::rpc_error_from;
 use super::{AppState, RequestId};
 use crate::wire::{keys, read_stream, MetaBatch, ReadLimits, RpcError, REQUEST_VERSION};
 
