@@ -1,44 +1,125 @@
-//! Resolving pointers over HTTP.
+//! Resolving pointers over HTTP: the fetch engine.
 //!
-//! [`Fetcher::fetch`] is the one function that gets an object's bytes; today it is a single
-//! streaming GET with manual redirects, per-hop URL policy checks and size caps. The parallel
-//! ranged engine replaces it without touching callers.
+//! [`Fetcher::fetch`] gets an object's stored bytes and [`Fetcher::resolve`] turns a pointer
+//! into the batch it stands for. Both run the same engine:
+//!
+//! 1. **Probe** without downloading the body: `HEAD` for plain URLs, `GET Range: bytes=0-0`
+//!    for presigned ones (a URL signed for GET answers 403 to HEAD). It yields the size, range
+//!    support, `Content-Encoding` and ETag. A store that refuses the probe (403/405/501) or
+//!    omits the size is read with one streaming GET.
+//! 2. **Parallel ranged download** for objects of at least
+//!    [`FetchConfig::parallel_threshold`]: [`FetchConfig::chunk_size`] ranges, issued in order
+//!    (the head of the object arrives first), at most [`FetchConfig::concurrency`] at a time,
+//!    over pooled HTTP/1.1 connections, written straight into one buffer allocated up front.
+//! 3. **Hedging on a timer**: a request still waiting for its first byte after
+//!    `max(hedge_min_delay, hedge_ttfb_factor x median time-to-first-byte)`, or receiving so
+//!    slowly that a fresh request would finish `hedge_slow_factor` times sooner, gets a
+//!    duplicate for its remaining bytes. The first response to reach a byte writes it; when a
+//!    chunk is complete the other requests for it are cancelled at once. Hedges are budgeted
+//!    ([`FetchConfig::hedge_budget`]) so a slow store is not hammered.
+//! 4. **Retries per chunk** with exponential backoff and jitter (connection failures, resets,
+//!    5xx, 503 SlowDown, short bodies, bad ranges, no byte for
+//!    [`FetchConfig::stall_timeout`]); a retry resumes where the broken response stopped.
+//!    403, 404, a changed object, caps and checksum mismatches fail at once, typed.
+//! 5. **Integrity**: every 206 must carry exactly the requested `Content-Range` and length; a
+//!    200 to a range request is consumed up to the chunk and dropped (never buffered whole);
+//!    every response must carry the probe's ETag (and `If-Match` asks the store to refuse
+//!    otherwise) and encoding; the whole fetch has a deadline ([`FetchConfig::deadline`]).
+//! 6. **Decode while downloading**: complete pieces go, in order, to a blocking thread that
+//!    hashes (sha256 over the decoded bytes) and decompresses (zstd frames declaring more
+//!    than the cap are refused before anything is allocated for them).
+//!
+//! Each fetch runs in a `spillway.fetch` tracing span and feeds the counters
+//! `spillway_fetch_bytes_total`, `spillway_fetch_retries_total`,
+//! `spillway_fetch_hedges_launched_total`, `spillway_fetch_hedges_won_total` and
+//! `spillway_fetch_failures_total{kind}`. URLs in errors, logs and metrics are redacted.
+
+mod args;
+mod engine;
+mod http;
+mod sink;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
+use tracing::Instrument;
 use url::Url;
 
+pub use self::args::FetchArgs;
+pub use crate::error::FetchFailure;
 use crate::error::{Error, Result};
-use crate::object::{decode_content, resolve_object, ResolvedBatch};
+use crate::object::{resolve_object, ResolvedBatch};
 use crate::url_policy::{PolicyResolver, UrlPolicy};
 use crate::wire::{keys, MetaBatch};
+use engine::{Downloaded, Job, Output};
+use http::Transport;
 
 /// Called with (bytes received, total bytes if known) while an object downloads.
 pub type ProgressFn = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
 
-/// Limits and policy of a [`Fetcher`].
+/// Default [`FetchConfig::chunk_size`]: 8 MiB (see BENCHMARKS.md for the measurements).
+pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
+/// Default [`FetchConfig::concurrency`].
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Default [`FetchConfig::parallel_threshold`]: two chunks.
+pub const DEFAULT_PARALLEL_THRESHOLD: u64 = 2 * DEFAULT_CHUNK_SIZE;
+
+/// Limits, policy and tuning of a [`Fetcher`]. The defaults come from the benchmark in
+/// BENCHMARKS.md (an S3-like store: ~50 MiB/s per connection, ~30 ms to first byte, a few
+/// percent of stragglers).
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
     /// Largest object accepted as stored (encoded) bytes.
     pub max_fetch_bytes: u64,
     /// Largest object accepted after decompression.
     pub max_decompressed_bytes: u64,
-    /// Most redirects followed.
+    /// Most redirects followed per request (each hop is checked against the policy).
     pub max_redirects: u32,
-    /// Attempts per pointer for transient failures (network, 5xx, damaged stream).
+    /// Whole-fetch attempts per pointer when a completely downloaded object does not parse
+    /// (network faults are retried per request, see `max_chunk_retries`). Default 3.
     pub attempts: u32,
-    /// Pause between attempts.
+    /// Pause between those attempts. Default 500 ms.
     pub retry_delay: Duration,
-    /// Time allowed to connect and get response headers.
+    /// Time allowed to connect.
     pub connect_timeout: Duration,
-    /// Longest pause in a body before the transfer is abandoned.
+    /// Longest pause inside one read before the connection is dropped (a backstop; the
+    /// engine's own `stall_timeout` usually fires first).
     pub read_timeout: Duration,
     /// Which URLs may be fetched.
     pub policy: UrlPolicy,
+    /// Objects at least this large (and larger than one chunk) are fetched in parallel
+    /// ranges. Default 16 MiB.
+    pub parallel_threshold: u64,
+    /// Size of each range request. Default 8 MiB.
+    pub chunk_size: u64,
+    /// Range requests in flight at once (hedges come on top). Default 8.
+    pub concurrency: usize,
+    /// Duplicate straggling requests. Default on.
+    pub hedge: bool,
+    /// Hedges allowed per fetch, as a fraction of its chunks (at least 2 per fetch).
+    /// Default 0.1.
+    pub hedge_budget: f64,
+    /// A request is never hedged before this much time without a first byte (or this much
+    /// time of receiving, for slowness). Default 150 ms.
+    pub hedge_min_delay: Duration,
+    /// A request without a first byte after this many times the median time-to-first-byte
+    /// is hedged. Default 3.
+    pub hedge_ttfb_factor: f64,
+    /// A receiving request is hedged when it would finish this many times later than a
+    /// fresh request at the median throughput. Default 2.
+    pub hedge_slow_factor: f64,
+    /// Retries of one chunk (or of the probe) before the fetch fails. Default 4.
+    pub max_chunk_retries: u32,
+    /// First retry delay; doubles per retry, with jitter. Default 100 ms.
+    pub retry_base_delay: Duration,
+    /// Longest retry delay. Default 2 s.
+    pub retry_max_delay: Duration,
+    /// A request that delivers no byte for this long is abandoned and retried. Default 5 s.
+    pub stall_timeout: Duration,
+    /// Time allowed for the whole fetch (all retries and attempts). Default 600 s.
+    pub deadline: Duration,
 }
 
 impl Default for FetchConfig {
@@ -52,6 +133,19 @@ impl Default for FetchConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             policy: UrlPolicy::default(),
+            parallel_threshold: DEFAULT_PARALLEL_THRESHOLD,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            concurrency: DEFAULT_CONCURRENCY,
+            hedge: true,
+            hedge_budget: 0.1,
+            hedge_min_delay: Duration::from_millis(150),
+            hedge_ttfb_factor: 3.0,
+            hedge_slow_factor: 2.0,
+            max_chunk_retries: 4,
+            retry_base_delay: Duration::from_millis(100),
+            retry_max_delay: Duration::from_secs(2),
+            stall_timeout: Duration::from_secs(5),
+            deadline: Duration::from_secs(600),
         }
     }
 }
@@ -61,45 +155,84 @@ impl Default for FetchConfig {
 pub struct FetchedObject {
     /// The bytes as stored.
     pub encoded: Bytes,
-    /// The `Content-Encoding` the store reported.
+    /// The `Content-Encoding` the store reported (normalized: lowercase, no parameters;
+    /// `None` for identity).
     pub content_encoding: Option<String>,
 }
 
-/// What resolving one pointer cost.
+/// What fetching (and resolving) one object cost.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FetchStats {
-    /// Stored bytes downloaded (last attempt).
+    /// Stored bytes of the object (last attempt).
     pub encoded_bytes: u64,
     /// Bytes after decoding.
     pub decoded_bytes: u64,
-    /// Attempts made.
+    /// Whole-fetch attempts made.
     pub attempts: u32,
     /// Total time, all attempts included.
     pub elapsed: Duration,
+    /// Chunks the object was split into (1: a single GET).
+    pub chunks: u32,
+    /// HTTP requests sent, the probe included.
+    pub requests: u32,
+    /// Requests repeated after a failure or stall.
+    pub retries: u32,
+    /// Duplicate requests launched for stragglers.
+    pub hedges_launched: u32,
+    /// Chunks completed by a hedge rather than by the request it duplicated.
+    pub hedges_won: u32,
+    /// Whether the parallel ranged path was used.
+    pub ranged: bool,
+    /// Body bytes received, duplicates from hedges and retries included.
+    pub bytes_received: u64,
+    /// Range requests the store answered with the whole object (200).
+    pub ranges_ignored: u32,
+    /// From the start of the fetch to the first byte of object data.
+    pub time_to_first_byte: Duration,
 }
 
-/// Downloads objects named by pointers, within a [`FetchConfig`].
+/// Downloads objects named by pointers, within a [`FetchConfig`]. Cloning is cheap and
+/// shares the connection pool.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    http: reqwest::Client,
+    transport: Arc<Transport>,
     config: Arc<FetchConfig>,
 }
 
 impl Fetcher {
-    /// A fetcher with its own connection pool.
+    /// A fetcher with its own connection pool (HTTP/1.1, one range per connection; the DNS
+    /// resolver drops addresses the policy forbids).
     pub fn new(config: FetchConfig) -> Result<Self> {
+        if config.chunk_size == 0 || config.concurrency == 0 {
+            return Err(Error::Config(
+                "fetch chunk size and concurrency must be at least 1".into(),
+            ));
+        }
+        if !(config.hedge_budget.is_finite()
+            && config.hedge_ttfb_factor.is_finite()
+            && config.hedge_slow_factor.is_finite())
+        {
+            return Err(Error::Config("fetch hedge factors must be finite".into()));
+        }
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(PolicyResolver::new(Arc::new(
                 config.policy.clone(),
             ))))
+            .http1_only()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(config.concurrency.saturating_mul(2).max(4))
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .no_proxy()
             .build()
             .map_err(|e| Error::Config(format!("http client: {e}")))?;
         Ok(Fetcher {
-            http,
+            transport: Arc::new(Transport {
+                http,
+                policy: config.policy.clone(),
+                max_redirects: config.max_redirects,
+            }),
             config: Arc::new(config),
         })
     }
@@ -109,106 +242,77 @@ impl Fetcher {
         &self.config
     }
 
-    /// Gets an object's stored bytes: one streaming GET, redirects followed by hand with the
-    /// policy checked before every hop, `max_fetch_bytes` enforced on Content-Length and while
-    /// streaming.
+    /// Gets an object's stored bytes (see the module documentation for how).
     pub async fn fetch(&self, url: &str, progress: Option<&ProgressFn>) -> Result<FetchedObject> {
-        let mut current = Url::parse(url).map_err(|e| Error::UrlRejected {
-            url: spillway_storage::redact_url(url),
-            reason: format!("not a valid url: {e}"),
-        })?;
-        let mut hops = 0u32;
-        let response = loop {
-            self.config.policy.check(&current)?;
-            let resp = self
-                .http
-                .get(current.clone())
-                .header(reqwest::header::ACCEPT_ENCODING, "identity")
-                .send()
-                .await
-                .map_err(Error::from_reqwest)?;
-            let status = resp.status();
-            if status.is_redirection() {
-                hops += 1;
-                if hops > self.config.max_redirects {
-                    return Err(Error::RedirectLimit {
-                        url: spillway_storage::redact_url(url),
-                        limit: self.config.max_redirects,
-                    });
-                }
-                let location = resp
-                    .headers()
-                    .get(reqwest::header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| {
-                        Error::Http(format!(
-                            "redirect without a location from {}",
-                            spillway_storage::redact_url(current.as_str())
-                        ))
-                    })?;
-                current = current.join(location).map_err(|e| Error::UrlRejected {
-                    url: spillway_storage::redact_url(current.as_str()),
-                    reason: format!("bad redirect location: {e}"),
-                })?;
-                continue;
-            }
-            if !status.is_success() {
-                return Err(Error::HttpStatus {
-                    status: status.as_u16(),
-                    url: spillway_storage::redact_url(current.as_str()),
-                });
-            }
-            break resp;
-        };
-        let too_large = |what: String| Error::TooLarge {
-            what,
-            limit_name: "max_fetch_bytes",
-            limit: self.config.max_fetch_bytes,
-        };
-        let total = response.content_length();
-        if let Some(len) = total {
-            if len > self.config.max_fetch_bytes {
-                return Err(too_large(format!("object of {len} bytes")));
-            }
-        }
-        let content_encoding = response
-            .headers()
-            .get(reqwest::header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let capacity = total.unwrap_or(0).min(self.config.max_fetch_bytes) as usize;
-        let mut buf = BytesMut::with_capacity(capacity);
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(Error::from_reqwest)?;
-            if (buf.len() + chunk.len()) as u64 > self.config.max_fetch_bytes {
-                return Err(too_large(format!(
-                    "object of more than {} bytes",
-                    buf.len() + chunk.len()
-                )));
-            }
-            buf.extend_from_slice(&chunk);
-            if let Some(p) = progress {
-                p(buf.len() as u64, total);
-            }
-        }
-        if let Some(len) = total {
-            if buf.len() as u64 != len {
-                return Err(Error::Http(format!(
-                    "short body: got {} of {len} bytes from {}",
-                    buf.len(),
-                    spillway_storage::redact_url(current.as_str())
-                )));
-            }
-        }
-        Ok(FetchedObject {
-            encoded: buf.freeze(),
-            content_encoding,
-        })
+        self.fetch_with_stats(url, progress).await.map(|(o, _)| o)
     }
 
-    /// Resolves a pointer batch: fetch, decode, verify and apply the reader rules, retrying
-    /// transient failures. `pointer` must be a pointer (see [`crate::wire::is_pointer`]).
+    /// Like [`Fetcher::fetch`], with what the fetch cost.
+    pub async fn fetch_with_stats(
+        &self,
+        url: &str,
+        progress: Option<&ProgressFn>,
+    ) -> Result<(FetchedObject, FetchStats)> {
+        let deadline = Instant::now() + self.config.deadline;
+        let d = self.download(url, Output::Raw, progress, deadline).await?;
+        Ok((
+            FetchedObject {
+                encoded: d.data,
+                content_encoding: d.content_encoding,
+            },
+            d.stats,
+        ))
+    }
+
+    async fn download(
+        &self,
+        url: &str,
+        output: Output,
+        progress: Option<&ProgressFn>,
+        deadline: Instant,
+    ) -> Result<Downloaded> {
+        let redacted = spillway_storage::redact_url(url);
+        let parsed = Url::parse(url).map_err(|e| Error::UrlRejected {
+            url: redacted.clone(),
+            reason: format!("not a valid url: {e}"),
+        });
+        let span = tracing::info_span!("spillway.fetch", url = %redacted);
+        let result = async {
+            let job = Job {
+                transport: self.transport.clone(),
+                config: &self.config,
+                url: parsed?,
+                output,
+                progress,
+                deadline,
+            };
+            engine::download(job).await
+        }
+        .instrument(span.clone())
+        .await;
+        let _entered = span.enter();
+        match &result {
+            Ok(d) => tracing::debug!(
+                bytes = d.stats.encoded_bytes,
+                elapsed_ms = d.stats.elapsed.as_millis() as u64,
+                chunks = d.stats.chunks,
+                requests = d.stats.requests,
+                retries = d.stats.retries,
+                hedges_launched = d.stats.hedges_launched,
+                hedges_won = d.stats.hedges_won,
+                "fetched"
+            ),
+            Err(e) => {
+                metrics::counter!("spillway_fetch_failures_total", "kind" => http::failure_label(e))
+                    .increment(1);
+                tracing::debug!(error = %e, "fetch failed");
+            }
+        }
+        result
+    }
+
+    /// Resolves a pointer batch: fetch, decode, verify and apply the reader rules.
+    /// `pointer` must be a pointer (see [`crate::wire::is_pointer`]).
     pub async fn resolve(
         &self,
         pointer: &MetaBatch,
@@ -222,11 +326,12 @@ impl Fetcher {
         let sha = pointer.metadata.get(keys::LOCATION_SHA256).cloned();
         let schema = pointer.batch.schema();
         let started = Instant::now();
+        let deadline = started + self.config.deadline;
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self
-                .resolve_once(&url, sha.as_deref(), &schema, progress)
+                .resolve_once(&url, sha.as_deref(), &schema, progress, deadline)
                 .await
             {
                 Ok((resolved, mut stats)) => {
@@ -239,9 +344,13 @@ impl Fetcher {
                         url = %spillway_storage::redact_url(&url),
                         attempt,
                         error = %e,
-                        "pointer fetch failed; retrying"
+                        "pointer object did not parse; fetching it again"
                     );
-                    tokio::time::sleep(self.config.retry_delay).await;
+                    let pause = self
+                        .config
+                        .retry_delay
+                        .min(deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(pause).await;
                 }
                 Err(e) if is_transient(&e) => {
                     return Err(Error::Http(format!(
@@ -260,43 +369,41 @@ impl Fetcher {
         sha: Option<&str>,
         schema: &SchemaRef,
         progress: Option<&ProgressFn>,
+        deadline: Instant,
     ) -> Result<(ResolvedBatch, FetchStats)> {
         let started = Instant::now();
-        let fetched = self.fetch(url, progress).await?;
-        let encoded_bytes = fetched.encoded.len() as u64;
-        let max_decoded = self.config.max_decompressed_bytes;
+        let output = Output::Decoded {
+            hash: sha.is_some(),
+        };
+        let d = self.download(url, output, progress, deadline).await?;
+        if let (Some(expected), Some(actual)) = (sha, d.sha256.as_deref()) {
+            if !actual.eq_ignore_ascii_case(expected) {
+                let e = Error::Checksum {
+                    url: spillway_storage::redact_url(url),
+                    expected: expected.to_string(),
+                    actual: actual.to_string(),
+                };
+                metrics::counter!("spillway_fetch_failures_total", "kind" => "checksum")
+                    .increment(1);
+                return Err(e);
+            }
+        }
         let url = url.to_string();
-        let sha = sha.map(str::to_string);
         let schema = schema.clone();
+        let stats = d.stats;
+        let data = d.data;
         tokio::task::spawn_blocking(move || {
-            let decoded = decode_content(
-                fetched.encoded,
-                fetched.content_encoding.as_deref(),
-                max_decoded,
-            )?;
-            let decoded_bytes = decoded.len() as u64;
-            let resolved =
-                resolve_object(decoded, &schema, sha.as_deref(), &url, started.elapsed())?;
-            Ok((
-                resolved,
-                FetchStats {
-                    encoded_bytes,
-                    decoded_bytes,
-                    attempts: 1,
-                    elapsed: started.elapsed(),
-                },
-            ))
+            // The digest was verified while downloading; only the reader rules remain.
+            let resolved = resolve_object(data, &schema, None, &url, started.elapsed())?;
+            Ok((resolved, stats))
         })
         .await
         .map_err(|e| Error::Internal(format!("decode task failed: {e}")))?
     }
 }
 
-/// Failures worth another attempt: the network, a 5xx, a damaged stream.
+/// Failures worth fetching the whole object again: a stream that downloaded completely but
+/// does not parse. Network faults were already retried request by request.
 fn is_transient(e: &Error) -> bool {
-    match e {
-        Error::Http(_) | Error::Ipc(_) => true,
-        Error::HttpStatus { status, .. } => *status >= 500 || *status == 429,
-        _ => false,
-    }
+    matches!(e, Error::Ipc(_))
 }

@@ -140,7 +140,11 @@ impl BufRead for PieceReader {
                 }
             }
         }
-        Ok(self.current.as_deref().map(|c| &c[self.pos..]).unwrap_or(&[]))
+        Ok(self
+            .current
+            .as_deref()
+            .map(|c| &c[self.pos..])
+            .unwrap_or(&[]))
     }
 
     fn consume(&mut self, amt: usize) {

@@ -177,7 +177,8 @@ impl Server {
             .as_ref()
             .map(|s| Externalizer::new(s.clone(), config.externalize.clone()));
         let has_storage = self.storage.is_some();
-        let tokens = tokens::TokenSigner::new(config.signing_secret.clone(), config.stream_token_ttl);
+        let tokens =
+            tokens::TokenSigner::new(config.signing_secret.clone(), config.stream_token_ttl);
         let state = Arc::new(AppState {
             tokens,
             protocols: self
@@ -197,7 +198,10 @@ impl Server {
                 post(unary::unary).get(rpc_get).fallback(not_allowed),
             )
             .route("/{protocol}/{method}/init", post(stream::init_route))
-            .route("/{protocol}/{method}/exchange", post(stream::exchange_route))
+            .route(
+                "/{protocol}/{method}/exchange",
+                post(stream::exchange_route),
+            )
             .route("/{name}", post(flat_route));
         if has_storage {
             rpc = rpc.route("/__upload_url__/init", post(upload::upload_url_init));

@@ -318,4 +318,3 @@ pub(crate) fn rpc_error_from(e: &Error) -> RpcError {
         _ => RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::Internal),
     }
 }
-

@@ -10,8 +10,8 @@ use arrow_schema::{Schema, SchemaRef};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::error::{Error, Result};
 use super::stream::StreamMethod;
+use crate::error::{Error, Result};
 use crate::wire::{LogMessage, Metadata, RpcError};
 
 /// What a unary handler returns: the result batch (1 row on the result schema; for a void
@@ -287,7 +287,12 @@ impl CallContext {
 
 impl CallContext {
     /// A context for a stream turn (continuation requests carry no dispatch metadata).
-    pub(crate) fn for_turn(protocol: &str, method: &str, metadata: Metadata, request_id: &str) -> Self {
+    pub(crate) fn for_turn(
+        protocol: &str,
+        method: &str,
+        metadata: Metadata,
+        request_id: &str,
+    ) -> Self {
         Self::new(protocol, method, metadata, request_id)
     }
 }

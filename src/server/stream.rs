@@ -71,10 +71,12 @@ pub struct TurnOutput {
     pub finished: bool,
 }
 
-type InitFn =
-    dyn Fn(CallContext, RecordBatch) -> BoxFuture<'static, Result<StreamStart, RpcError>> + Send + Sync;
-type TurnFn =
-    dyn Fn(CallContext, StreamTurn) -> BoxFuture<'static, Result<TurnOutput, RpcError>> + Send + Sync;
+type InitFn = dyn Fn(CallContext, RecordBatch) -> BoxFuture<'static, Result<StreamStart, RpcError>>
+    + Send
+    + Sync;
+type TurnFn = dyn Fn(CallContext, StreamTurn) -> BoxFuture<'static, Result<TurnOutput, RpcError>>
+    + Send
+    + Sync;
 type CancelFn = dyn Fn(CallContext, Vec<u8>) -> BoxFuture<'static, ()> + Send + Sync;
 
 /// A producer or exchange stream method.
@@ -236,7 +238,8 @@ fn body_response(body: Vec<u8>, error: bool, externalized: u64) -> Response {
         );
     }
     if externalized > 0 {
-        resp.extensions_mut().insert(ExternalizedBytes(externalized));
+        resp.extensions_mut()
+            .insert(ExternalizedBytes(externalized));
     }
     resp
 }
@@ -297,16 +300,14 @@ pub(crate) async fn init_route(
     let start = match started {
         Ok(s) => s,
         // Errors while creating the stream ride on the empty schema.
-        Err(e) => {
-            return ApiError::server(e)
-                .with_request_id(&rid.0)
-                .into_response()
-        }
+        Err(e) => return ApiError::server(e).with_request_id(&rid.0).into_response(),
     };
     let limit = response_limit(&st, call.client_max);
     let output = start.output_schema.clone().unwrap_or(sm.output.clone());
     let dynamic = match &start.output_schema {
-        Some(s) if !schemas_equal(s, &sm.output) || s.fields().len() != sm.output.fields().len() => {
+        Some(s)
+            if !schemas_equal(s, &sm.output) || s.fields().len() != sm.output.fields().len() =>
+        {
             match schema_to_b64(s) {
                 Ok(b) => Some(b),
                 Err(e) => return ApiError::server(e).into_response(),
@@ -331,8 +332,16 @@ pub(crate) async fn init_route(
         };
         let emitted = match header {
             Ok(h) => {
-                emit_cycle(&st, header_schema, logs, MetaBatch::plain(h), false, limit, &method)
-                    .await
+                emit_cycle(
+                    &st,
+                    header_schema,
+                    logs,
+                    MetaBatch::plain(h),
+                    false,
+                    limit,
+                    &method,
+                )
+                .await
             }
             Err(e) => Err(e),
         };
@@ -437,7 +446,13 @@ async fn produce_step(
         metadata: md,
     };
     match emit_cycle(st, output, logs, data, true, limit, method).await {
-        Ok(e) => Ok((e.batches, out.state, out.finished, e.externalized_bytes, false)),
+        Ok(e) => Ok((
+            e.batches,
+            out.state,
+            out.finished,
+            e.externalized_bytes,
+            false,
+        )),
         Err(e) => Err(error_cycle(Vec::new(), e)),
     }
 }
@@ -454,7 +469,10 @@ fn coerce_input(batch: RecordBatch, input: &SchemaRef) -> Result<RecordBatch, Rp
     let mismatch = |why: String| {
         RpcError::new(
             "TypeError",
-            format!("Input schema mismatch: expected {input}, got {}: {why}", batch.schema()),
+            format!(
+                "Input schema mismatch: expected {input}, got {}: {why}",
+                batch.schema()
+            ),
         )
     };
     if batch.num_columns() != input.fields().len() {
@@ -473,7 +491,10 @@ fn coerce_input(batch: RecordBatch, input: &SchemaRef) -> Result<RecordBatch, Rp
             return Err(mismatch(format!("cannot cast field '{}'", field.name())));
         };
         if !field.is_nullable() && col.null_count() > 0 {
-            return Err(mismatch(format!("nulls in non-nullable field '{}'", field.name())));
+            return Err(mismatch(format!(
+                "nulls in non-nullable field '{}'",
+                field.name()
+            )));
         }
         columns.push(col);
     }
@@ -564,8 +585,7 @@ pub(crate) async fn exchange_route(
             input: None,
             metadata: tick,
         };
-        return match produce_step(&st, &method, &sm, &ctx, &output, turn, limit, Vec::new()).await
-        {
+        return match produce_step(&st, &method, &sm, &ctx, &output, turn, limit, Vec::new()).await {
             Err(batches) => match stream_bytes(&output, &batches) {
                 Ok(b) => body_response(b, true, 0),
                 Err(e) => ApiError::server(e).into_response(),
@@ -620,7 +640,9 @@ pub(crate) async fn exchange_route(
     let Some((batch, mut out_md)) = out.output else {
         return fail_on_output(
             logs,
-            RpcError::internal(format!("exchange method '{method}' produced no output batch")),
+            RpcError::internal(format!(
+                "exchange method '{method}' produced no output batch"
+            )),
         );
     };
     let batch = match conform_result(&method, batch, &output, None) {

@@ -115,7 +115,11 @@ impl TokenSigner {
         B64.encode(payload)
     }
 
-    fn open<T: for<'de> Deserialize<'de>>(&self, domain: &[u8], token: &str) -> Result<T, TokenError> {
+    fn open<T: for<'de> Deserialize<'de>>(
+        &self,
+        domain: &[u8],
+        token: &str,
+    ) -> Result<T, TokenError> {
         let raw = B64
             .decode(token.trim())
             .map_err(|_| TokenError::BadSignature)?;
@@ -215,20 +219,29 @@ mod tests {
         let opened = s.open_call(&call, "P", "m").unwrap();
         assert_eq!(opened.lim, Some(1000));
         let cursor = s.issue_cursor(&call, b"state", 3);
-        assert_eq!(s.open_cursor(&cursor, &call).unwrap(), (b"state".to_vec(), 3));
+        assert_eq!(
+            s.open_cursor(&cursor, &call).unwrap(),
+            (b"state".to_vec(), 3)
+        );
         // Another call's cursor, another method, another key, tampering: all refused.
         let other = s.issue_call("P", "m", None, None);
         assert_eq!(s.open_cursor(&cursor, &other), Err(TokenError::WrongCall));
         assert_eq!(s.open_call(&call, "P", "n"), Err(TokenError::WrongCall));
         let stranger = TokenSigner::new(vec![8u8; 32], Duration::from_secs(60));
-        assert_eq!(stranger.open_call(&call, "P", "m"), Err(TokenError::BadSignature));
+        assert_eq!(
+            stranger.open_call(&call, "P", "m"),
+            Err(TokenError::BadSignature)
+        );
         let mut raw = B64.decode(&cursor).unwrap();
         raw[5] ^= 1;
         assert_eq!(
             s.open_cursor(&B64.encode(raw), &call),
             Err(TokenError::BadSignature)
         );
-        assert_eq!(s.open_cursor("not base64!", &call), Err(TokenError::BadSignature));
+        assert_eq!(
+            s.open_cursor("not base64!", &call),
+            Err(TokenError::BadSignature)
+        );
         assert_eq!(s.open_cursor("", &call), Err(TokenError::BadSignature));
     }
 

@@ -81,7 +81,9 @@ pub(crate) async fn run_handler<T>(
         .with_code(ErrorCode::DeadlineExceeded)),
         Ok(Err(_panic)) => {
             tracing::error!(method = method_name, "method panicked");
-            Err(RpcError::internal(format!("method '{method_name}' panicked")))
+            Err(RpcError::internal(format!(
+                "method '{method_name}' panicked"
+            )))
         }
         Ok(Ok(r)) => r,
     }

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use spillway_storage::PresignMethod;
 
 use super::body::{check_content_type, read_body};
-use super::response::{arrow_response, ApiError};
 use super::request::rpc_error_from;
+use super::response::{arrow_response, ApiError};
 use super::{AppState, RequestId};
 use crate::wire::{keys, read_stream, MetaBatch, ReadLimits, RpcError, REQUEST_VERSION};
 

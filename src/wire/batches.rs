@@ -84,9 +84,10 @@ pub fn classify(batch: &RecordBatch, md: &Metadata) -> BatchKind {
     BatchKind::Data
 }
 
-/// True when the batch is a pointer (spec §1.3 step 3).
+/// True when the batch is a pointer (spec §1.3 step 3). Stream tokens next to the location
+/// do not matter: a client's exchange request pointer carries both.
 pub fn is_pointer(batch: &RecordBatch, md: &Metadata) -> bool {
-    classify(batch, md) == BatchKind::Pointer
+    batch.num_rows() == 0 && md.contains_key(keys::LOCATION) && !md.contains_key(keys::LOG_LEVEL)
 }
 
 /// A pointer batch: zero rows on `schema`, naming `url`, with the object's sha256 if known.

@@ -37,6 +37,10 @@
 //! # }
 //! ```
 
+mod stream;
+
+pub use stream::{ClientStream, StreamBatch};
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
