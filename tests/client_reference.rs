@@ -3,7 +3,7 @@
 //! - `reference_*` tests run against the Python reference worker (vgi-rpc 0.52.2,
 //!   `vgi_rpc.conformance.client_worker --external`). They need the environment variable
 //!   `SPILLWAY_VGI_PYTHON` naming a Python with vgi-rpc installed
-//!   (`bash /work/shared/tools/vgi-reference.sh python` prints one); without it they print a
+//!   (`scripts/vgi-reference.sh python` prints one); without it they print a
 //!   message and pass without doing anything.
 //! - `mock_*` tests run against a small in-process axum server that produces what the
 //!   reference worker never does (compressed responses, 413 without pre-flight, JSON errors).
@@ -48,10 +48,14 @@ impl Drop for Worker {
 /// Starts the worker, or returns `None` (after saying why) when `SPILLWAY_VGI_PYTHON` is unset.
 fn start_worker() -> Option<Worker> {
     let Some(python) = std::env::var_os("SPILLWAY_VGI_PYTHON") else {
+        assert!(
+            std::env::var("SPILLWAY_REQUIRE_PYTHON").as_deref() != Ok("1"),
+            "SPILLWAY_REQUIRE_PYTHON=1 but SPILLWAY_VGI_PYTHON is not set"
+        );
         eprintln!(
             "SPILLWAY_VGI_PYTHON is not set: skipping the test against the Python reference \
              server (set it to the python printed by \
-             `bash /work/shared/tools/vgi-reference.sh python`)"
+             `scripts/vgi-reference.sh python`)"
         );
         return None;
     };
@@ -333,6 +337,185 @@ async fn reference_request_upload_urls() {
 
     assert!(client.request_upload_urls(0).await.is_err());
     assert!(client.request_upload_urls(101).await.is_err());
+}
+
+fn producer_batches(b: &spillway::client::StreamBatch) -> (i64, Vec<u8>) {
+    let idx = b
+        .batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0);
+    let payload = b
+        .batch
+        .column(1)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .unwrap()
+        .value(0)
+        .to_vec();
+    (idx, payload)
+}
+
+#[tokio::test]
+async fn reference_producer_streams() {
+    let Some(worker) = start_worker() else { return };
+    let client = reference_client(&worker, |_| {});
+    let proto = "ClientConformanceService";
+    // 5 batches of 10 KiB (above the worker's 4096-byte threshold: externalized cycles).
+    let params = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("count", DataType::Int64, false),
+            Field::new("payload_bytes", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![5])),
+            Arc::new(Int64Array::from(vec![10_240])),
+        ],
+    )
+    .unwrap();
+    let mut stream = client
+        .open_stream(CallRequest::new(proto, "producer_sequence", params))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(b) = stream.next().await.unwrap() {
+        assert!(b.externalized.is_some(), "10 KiB cycles are externalized");
+        let (idx, payload) = producer_batches(&b);
+        assert_eq!(payload, vec![(idx % 251) as u8; 10_240]);
+        got.push(idx);
+    }
+    assert_eq!(got, vec![0, 1, 2, 3, 4]);
+
+    // Small cycles inline: a genuine zero-row data batch, then a value, then the end.
+    let no_params = RecordBatch::try_new_with_options(
+        Arc::new(Schema::empty()),
+        vec![],
+        &arrow_array::RecordBatchOptions::new().with_row_count(Some(0)),
+    )
+    .unwrap();
+    let mut stream = client
+        .open_stream(CallRequest::new(
+            proto,
+            "producer_zero_row_then_value",
+            no_params.clone(),
+        ))
+        .await
+        .unwrap();
+    let first = stream.next().await.unwrap().expect("zero-row batch");
+    assert_eq!(first.batch.num_rows(), 0);
+    let second = stream.next().await.unwrap().expect("value");
+    assert_eq!(producer_batches(&second), (7, b"after-zero".to_vec()));
+    assert!(stream.next().await.unwrap().is_none());
+
+    let mut stream = client
+        .open_stream(CallRequest::new(
+            proto,
+            "producer_emit_and_finish",
+            no_params.clone(),
+        ))
+        .await
+        .unwrap();
+    let only = stream.next().await.unwrap().expect("terminal value");
+    assert_eq!(producer_batches(&only), (99, b"terminal".to_vec()));
+    assert!(stream.next().await.unwrap().is_none());
+
+    let mut stream = client
+        .open_stream(CallRequest::new(proto, "producer_empty", no_params))
+        .await
+        .unwrap();
+    assert!(stream.next().await.unwrap().is_none());
+}
+
+/// The worker's strict typed exchange: lists, dictionary, timestamp, decimal and struct columns
+/// must reach it with their exact types and round-trip unchanged.
+#[tokio::test]
+async fn reference_typed_exchange_round_trips_exact_types() {
+    use arrow_array::builder::{Int32Builder, ListBuilder, StringBuilder};
+    use arrow_array::Array;
+    use arrow_array::{
+        ArrayRef, Decimal128Array, DictionaryArray, Float64Array, StructArray,
+        TimestampMicrosecondArray,
+    };
+    let Some(worker) = start_worker() else { return };
+    let client = reference_client(&worker, |_| {});
+    let mut tags = ListBuilder::new(StringBuilder::new());
+    tags.values().append_value("a");
+    tags.values().append_null();
+    tags.append(true);
+    tags.append(false);
+    let tags = tags.finish();
+    let mut scores = ListBuilder::new(Int32Builder::new());
+    scores.values().append_value(3);
+    scores.append(true);
+    scores.append(true);
+    let scores = scores.finish();
+    let category: DictionaryArray<arrow_array::types::Int16Type> =
+        vec![Some("x"), None].into_iter().collect();
+    let nested_fields = vec![
+        Arc::new(Field::new("name", DataType::Utf8, true)),
+        Arc::new(Field::new("scores", scores.data_type().clone(), true)),
+    ];
+    let nested = StructArray::try_new(
+        nested_fields.into(),
+        vec![
+            Arc::new(arrow_array::StringArray::from(vec![Some("n"), None])) as ArrayRef,
+            Arc::new(scores) as ArrayRef,
+        ],
+        None,
+    )
+    .unwrap();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Float64Array::from(vec![Some(1.5), None])),
+        Arc::new(tags),
+        Arc::new(category),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![Some(1_700_000_000_000_000), None])
+                .with_timezone("UTC"),
+        ),
+        Arc::new(
+            Decimal128Array::from(vec![Some(123_4567), None])
+                .with_precision_and_scale(18, 4)
+                .unwrap(),
+        ),
+        Arc::new(nested),
+    ];
+    let fields: Vec<Field> = [
+        "nullable_float",
+        "tags",
+        "category",
+        "event_time",
+        "amount",
+        "nested",
+    ]
+    .iter()
+    .zip(&columns)
+    .map(|(n, c)| Field::new(*n, c.data_type().clone(), true))
+    .collect();
+    let input = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+    let no_params = RecordBatch::try_new_with_options(
+        Arc::new(Schema::empty()),
+        vec![],
+        &arrow_array::RecordBatchOptions::new().with_row_count(Some(0)),
+    )
+    .unwrap();
+    let mut stream = client
+        .open_stream(CallRequest::new(
+            "ClientConformanceService",
+            "typed_exchange",
+            no_params,
+        ))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let out = stream
+            .exchange(input.clone(), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(out.batch.schema().fields(), input.schema().fields());
+        assert_eq!(out.batch.columns(), input.columns());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
