@@ -676,3 +676,42 @@ async fn storage_urls_refuse_tampering_expiry_and_traversal() {
     );
     assert!(!err.to_string().contains("Signature"), "{err}");
 }
+
+#[tokio::test]
+async fn demo_blob_stream_externalizes_each_cycle() {
+    let s = TestServer::start(&["--threshold-bytes", "4096"]).await;
+    let params = RecordBatch::try_new(
+        demo::blob_stream_params(),
+        vec![
+            Arc::new(Int64Array::from(vec![3])),
+            Arc::new(Int64Array::from(vec![10_000])),
+        ],
+    )
+    .unwrap();
+    let before = s.object_count();
+    let mut stream = s
+        .client()
+        .open_stream(spillway::client::CallRequest::new(
+            demo::PROTOCOL,
+            "blob_stream",
+            params,
+        ))
+        .await
+        .unwrap();
+    let mut n = 0u64;
+    while let Some(b) = stream.next().await.unwrap() {
+        assert!(b.externalized.is_some());
+        let data = b.batch.project(&[1]).unwrap();
+        let data = data
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow_array::BinaryArray>()
+            .unwrap()
+            .value(0)
+            .to_vec();
+        assert_eq!(data, demo::generate_blob(10_000, n));
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    assert_eq!(s.object_count(), before + 3);
+}
