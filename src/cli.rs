@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the RPC server (with the built-in `spillway.Demo.v1` protocol).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Call a unary method and print its result.
     Call(CallArgs),
     /// Manage the object store.
@@ -43,7 +43,7 @@ pub enum Command {
 pub enum StorageCommand {
     /// Prepare the store: optionally create the bucket, and install a lifecycle rule that
     /// expires objects under the key prefix (and aborts incomplete multipart uploads).
-    Init(StorageInitArgs),
+    Init(Box<StorageInitArgs>),
 }
 
 /// `spillway storage init` settings.
@@ -107,9 +107,9 @@ pub struct CallArgs {
 /// Runs the command line; every failure is returned as one [`Error`].
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Call(args) => call(args).await,
-        Command::Storage(StorageCommand::Init(args)) => storage_init(args).await,
+        Command::Storage(StorageCommand::Init(args)) => storage_init(*args).await,
     }
 }
 

@@ -101,6 +101,16 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "SPILLWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// A separate address for `/livez`, `/readyz` and `/metrics` (they are always on the main
+    /// address too).
+    #[arg(long, env = "SPILLWAY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Seconds in-flight calls get to finish after SIGTERM before the process exits.
+    #[arg(long, env = "SPILLWAY_SHUTDOWN_GRACE", default_value_t = 25)]
+    pub shutdown_grace: u64,
+    /// Longest pause, in seconds, between two steps of a stream before its tokens expire.
+    #[arg(long, env = "SPILLWAY_STREAM_TOKEN_TTL", default_value_t = 3600)]
+    pub stream_token_ttl: u64,
     /// Mount prefix of every route, e.g. `/vgi` (empty: root).
     #[arg(long, env = "SPILLWAY_PREFIX", default_value = "")]
     pub prefix: String,
@@ -193,6 +203,7 @@ impl ServeArgs {
 
     /// The server settings these arguments describe.
     pub fn server_config(&self) -> Result<ServerConfig> {
+        let signing_secret = self.signing_secret()?;
         if self.threshold_bytes == 0 {
             return Err(Error::Config(
                 "SPILLWAY_THRESHOLD_BYTES must be at least 1".into(),
@@ -210,6 +221,8 @@ impl ServeArgs {
             max_upload_bytes: self.store.max_upload_bytes,
             upload_url_ttl: Duration::from_secs(self.upload_url_ttl.max(1)),
             method_timeout: Duration::from_secs(self.method_timeout.max(1)),
+            signing_secret,
+            stream_token_ttl: Duration::from_secs(self.stream_token_ttl.max(1)),
             externalize: ExternalizeConfig {
                 threshold_bytes: self.threshold_bytes,
                 compression: self.compression,
@@ -225,6 +238,7 @@ impl ServeArgs {
     /// that is the storage, so the caller can run its retention sweep.
     pub async fn build_server(&self) -> Result<(Server, Option<Arc<LocalStore>>)> {
         let config = self.server_config()?;
+        let secret = config.signing_secret.clone();
         let prefix = config.prefix.clone();
         let demo = crate::demo::protocol_with_limit(self.demo_max_blob_bytes)?;
         let server = Server::new(config).with_protocol(demo);
@@ -246,7 +260,7 @@ impl ServeArgs {
                     root,
                     key_prefix: self.store.key_prefix.clone(),
                     public_base,
-                    secret: self.signing_secret()?,
+                    secret,
                     max_object_bytes: self.store.max_upload_bytes,
                 })?);
                 let routes = store.clone().router();

@@ -25,10 +25,54 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         "spillway serving protocol {}",
         crate::demo::PROTOCOL
     );
-    axum::serve(listener, server.router())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    Ok(())
+    let (app, admin) = server.into_routers();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(admin_addr) = args.admin_listen {
+        let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {admin_addr}: {e}")))?;
+        tracing::info!(admin_listen = %admin_listener.local_addr()?, "admin endpoints: /livez /readyz /metrics");
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+    }
+    let mut stop = stop_rx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    let mut server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        r = &mut server => {
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Error::Io(e)),
+                Err(e) => Err(Error::Internal(format!("server task failed: {e}"))),
+            };
+        }
+        _ = shutdown_signal() => {}
+    }
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(args.shutdown_grace);
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => {
+            tracing::info!("all in-flight calls finished; bye");
+            Ok(())
+        }
+        Ok(Ok(Err(e))) => Err(Error::Io(e)),
+        Ok(Err(e)) => Err(Error::Internal(format!("server task failed: {e}"))),
+        Err(_) => {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "in-flight calls still running after the shutdown grace; exiting"
+            );
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -36,7 +36,7 @@ const TICK: Duration = Duration::from_millis(10);
 const MAX_HEDGES_PER_CHUNK: u32 = 2;
 /// Hedges always allowed per fetch, whatever the budget fraction gives.
 const MIN_HEDGE_BUDGET: u32 = 2;
-/// Responses shorter than this give no throughput sample (too noisy).
+/// Responses shorter than this (or than half a chunk) give no throughput sample: too noisy.
 const MIN_RATE_SAMPLE_BYTES: u64 = 256 * 1024;
 /// Events buffered between request tasks and the driver.
 const EVENT_QUEUE: usize = 256;
@@ -1111,7 +1111,8 @@ impl<'a> Driver<'a> {
                 }
                 if let Some(fb) = r.first_byte {
                     let secs = now.duration_since(fb).as_secs_f64();
-                    if r.bytes >= MIN_RATE_SAMPLE_BYTES && secs > 0.0 {
+                    let min_sample = MIN_RATE_SAMPLE_BYTES.min(self.cfg.chunk_size / 2);
+                    if r.bytes >= min_sample && secs > 0.0 {
                         self.rate_samples.push(r.bytes as f64 / secs);
                     }
                 }

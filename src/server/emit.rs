@@ -98,6 +98,8 @@ pub(crate) async fn emit_cycle(
         url = %spillway_storage::redact_url(ext.url.url.as_str()),
         "cycle externalized"
     );
+    metrics::counter!("spillway_externalized_objects_total").increment(1);
+    metrics::counter!("spillway_externalized_bytes_total").increment(ext.stored_bytes);
     wire.push(ext.pointer);
     Ok(Emitted {
         batches: wire,

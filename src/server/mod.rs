@@ -20,6 +20,7 @@
 
 mod body;
 mod emit;
+pub mod ops;
 mod pointers;
 mod request;
 mod response;
@@ -123,6 +124,7 @@ pub(crate) struct AppState {
     pub(crate) storage: Option<Arc<dyn Storage>>,
     pub(crate) externalizer: Option<Externalizer>,
     pub(crate) tokens: tokens::TokenSigner,
+    pub(crate) readiness: ops::Readiness,
 }
 
 /// A vgi-rpc server: protocols, storage, settings.
@@ -162,8 +164,17 @@ impl Server {
         self
     }
 
-    /// The axum router.
+    /// The axum router: the RPC routes under the prefix, the storage routes, and the
+    /// operations endpoints (`/livez`, `/readyz`, `/metrics`) at the root.
     pub fn router(self) -> Router {
+        self.into_routers().0
+    }
+
+    /// The main router (as [`Server::router`]) and an operations-only router for a separate
+    /// admin port.
+    pub fn into_routers(self) -> (Router, Router) {
+        // The recorder must exist before the first counter is touched.
+        let _ = ops::prometheus();
         let mut config = self.config;
         config.prefix = normalize_prefix(&config.prefix);
         let prefix = config.prefix.clone();
@@ -181,6 +192,7 @@ impl Server {
             tokens::TokenSigner::new(config.signing_secret.clone(), config.stream_token_ttl);
         let state = Arc::new(AppState {
             tokens,
+            readiness: ops::Readiness::default(),
             protocols: self
                 .protocols
                 .into_iter()
@@ -215,14 +227,16 @@ impl Server {
                 state.clone(),
                 stamp_headers,
             ))
-            .with_state(state);
+            .with_state(state.clone());
         let app = if prefix.is_empty() {
             rpc
         } else {
             Router::new().nest(&prefix, rpc).fallback(any(not_found))
         };
+        let admin = ops::routes().with_state(state.clone());
+        let app = app.merge(admin.clone());
         // Bodies are capped by the handlers themselves (413 with the protocol's JSON body).
-        app.layer(axum::extract::DefaultBodyLimit::disable())
+        (app.layer(axum::extract::DefaultBodyLimit::disable()), admin)
     }
 }
 
@@ -247,7 +261,22 @@ async fn stamp_headers(State(st): State<Arc<AppState>>, mut req: Request, next: 
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    // The route template, not the path: keys and protocol names must not explode label sets.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
     req.extensions_mut().insert(RequestId(request_id.clone()));
+    // Decremented on drop, so a call abandoned by its client is not counted forever.
+    struct InFlight(metrics::Gauge);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.decrement(1.0);
+        }
+    }
+    let in_flight = InFlight(metrics::gauge!("spillway_http_requests_in_flight"));
+    in_flight.0.increment(1.0);
     // A response sent before the request body was read to the end makes hyper drop the
     // connection after it, without telling the client; say `Connection: close` so the client
     // does not reuse it for its next request.
@@ -272,6 +301,7 @@ async fn stamp_headers(State(st): State<Arc<AppState>>, mut req: Request, next: 
         req = Request::from_parts(parts, axum::body::Body::from_stream(tracked));
     }
     let mut resp = next.run(req).await;
+    drop(in_flight);
     if !body_done.load(std::sync::atomic::Ordering::SeqCst) {
         resp.headers_mut().insert(
             axum::http::header::CONNECTION,
@@ -309,6 +339,15 @@ async fn stamp_headers(State(st): State<Arc<AppState>>, mut req: Request, next: 
         .get::<unary::ExternalizedBytes>()
         .map(|e| e.0)
         .unwrap_or(0);
+    let elapsed = started.elapsed();
+    let labels = [
+        ("route", route),
+        ("method", method.to_string()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("spillway_http_requests_total", &labels).increment(1);
+    metrics::histogram!("spillway_http_request_duration_seconds", &labels[..2])
+        .record(elapsed.as_secs_f64());
     tracing::info!(
         target: "spillway::access",
         %method,
@@ -316,7 +355,7 @@ async fn stamp_headers(State(st): State<Arc<AppState>>, mut req: Request, next: 
         status,
         externalized_bytes = externalized,
         rpc_error = resp.headers().contains_key(RPC_ERROR_HEADER),
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        elapsed_ms = elapsed.as_secs_f64() * 1000.0,
         request_id = %request_id,
         "rpc"
     );

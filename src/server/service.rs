@@ -208,6 +208,9 @@ pub fn parse_semver(v: &str) -> Option<(u64, u64, u64)> {
     parts.next().is_none().then_some(out)
 }
 
+/// A pre-published pointer: URL and optional sha256.
+type PrePublished = (String, Option<String>);
+
 /// What a handler knows about its call, and how it logs to the client.
 #[derive(Clone, Debug)]
 pub struct CallContext {
@@ -216,7 +219,7 @@ pub struct CallContext {
     metadata: Arc<Metadata>,
     request_id: Arc<str>,
     logs: Arc<Mutex<Vec<LogMessage>>>,
-    pointer: Arc<Mutex<Option<(String, Option<String>)>>>,
+    pointer: Arc<Mutex<Option<PrePublished>>>,
 }
 
 impl CallContext {

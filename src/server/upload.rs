@@ -122,6 +122,7 @@ async fn vend(st: &AppState, raw: bytes::Bytes) -> Result<Response, ApiError> {
         downloads.push(get.url.to_string());
         expiries.push(micros);
     }
+    metrics::counter!("spillway_upload_url_grants_total").increment(count as u64);
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![
