@@ -102,6 +102,9 @@ pub struct CallArgs {
     /// Seconds allowed for the call.
     #[arg(long, env = "SPILLWAY_CALL_TIMEOUT", default_value_t = 600)]
     pub timeout: u64,
+    /// Tuning of the pointer fetch engine (`--fetch-*`, `SPILLWAY_FETCH_*`).
+    #[command(flatten)]
+    pub fetch: crate::fetch::FetchArgs,
 }
 
 /// Runs the command line; every failure is returned as one [`Error`].
@@ -264,6 +267,18 @@ async fn call(args: CallArgs) -> Result<()> {
     };
     config.fetch.max_fetch_bytes = args.max_fetch_bytes;
     config.fetch.max_decompressed_bytes = args.max_fetch_bytes.saturating_mul(4);
+    args.fetch.apply(&mut config.fetch);
+    // Created on the first progress report of a large object; drawn only on a terminal.
+    let bar = Arc::new(std::sync::OnceLock::<indicatif::ProgressBar>::new());
+    let progress_bar = bar.clone();
+    config.progress = Some(Arc::new(move |done, total| {
+        let Some(total) = total.filter(|t| *t >= PROGRESS_BAR_MIN_BYTES) else {
+            return;
+        };
+        progress_bar
+            .get_or_init(|| fetch_progress_bar(total))
+            .set_position(done);
+    }));
     let started = Instant::now();
     let client = Client::new(&args.url, config)?;
     let out = client
@@ -274,20 +289,16 @@ async fn call(args: CallArgs) -> Result<()> {
             protocol_version: args.protocol_version.clone(),
             metadata: Default::default(),
         })
-        .await?;
+        .await;
+    if let Some(b) = bar.get() {
+        b.finish_and_clear();
+    }
+    let out = out?;
     for log in &out.logs {
         eprintln!("[{}] {}", log.level, log.message);
     }
     if let Some(ext) = &out.externalized {
-        let secs = ext.stats.elapsed.as_secs_f64().max(1e-9);
-        eprintln!(
-            "externalized result: {} stored ({} decoded) fetched in {:.1} ms ({}/s) from {}",
-            human_bytes(ext.stats.encoded_bytes),
-            human_bytes(ext.stats.decoded_bytes),
-            secs * 1000.0,
-            human_bytes((ext.stats.decoded_bytes as f64 / secs) as u64),
-            ext.url
-        );
+        eprintln!("{}", fetch_summary(&ext.stats, &ext.url));
     } else {
         eprintln!("inline result");
     }
@@ -310,6 +321,39 @@ async fn call(args: CallArgs) -> Result<()> {
     }
     eprintln!("done in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     Ok(())
+}
+
+/// Objects at least this large get a progress bar while they download.
+const PROGRESS_BAR_MIN_BYTES: u64 = 16 * 1024 * 1024;
+
+fn fetch_progress_bar(total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "fetching {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The one-line summary of a resolved pointer: size, time, throughput, chunks, retries and
+/// hedges.
+pub fn fetch_summary(stats: &crate::fetch::FetchStats, url: &str) -> String {
+    let secs = stats.elapsed.as_secs_f64().max(1e-9);
+    format!(
+        "externalized result: {} stored ({} decoded) fetched in {:.1} ms ({}/s; {} {}, {} {}, hedges {} launched / {} won) from {}",
+        human_bytes(stats.encoded_bytes),
+        human_bytes(stats.decoded_bytes),
+        secs * 1000.0,
+        human_bytes((stats.encoded_bytes as f64 / secs) as u64),
+        stats.chunks,
+        if stats.chunks == 1 { "chunk" } else { "chunks" },
+        stats.retries,
+        if stats.retries == 1 { "retry" } else { "retries" },
+        stats.hedges_launched,
+        stats.hedges_won,
+        url
+    )
 }
 
 /// `1.5 MiB`-style sizes.
@@ -437,6 +481,25 @@ mod tests {
         );
         assert!(split_target("blob").is_err());
         assert!(split_target("x.").is_err());
+    }
+
+    #[test]
+    fn fetch_summary_line() {
+        let stats = crate::fetch::FetchStats {
+            encoded_bytes: 64 * 1024 * 1024,
+            decoded_bytes: 64 * 1024 * 1024,
+            elapsed: Duration::from_millis(500),
+            chunks: 8,
+            retries: 1,
+            hedges_launched: 2,
+            hedges_won: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            fetch_summary(&stats, "http://h/k"),
+            "externalized result: 64.0 MiB stored (64.0 MiB decoded) fetched in 500.0 ms \
+             (128.0 MiB/s; 8 chunks, 1 retry, hedges 2 launched / 1 won) from http://h/k"
+        );
     }
 
     #[test]

@@ -284,6 +284,25 @@ mod tests {
         assert!(p.check(&u("http://169.254.169.254/x")).is_err());
     }
 
+    #[tokio::test]
+    async fn resolver_drops_forbidden_addresses() {
+        use reqwest::dns::Resolve;
+        use std::str::FromStr;
+        let name = || reqwest::dns::Name::from_str("localhost").unwrap();
+        // A host name that resolves to loopback is refused by the strict policy...
+        let strict = PolicyResolver::new(Arc::new(UrlPolicy::default()));
+        let err = match strict.resolve(name()).await {
+            Ok(_) => panic!("localhost resolved under the strict policy"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("URL rejected"), "{err}");
+        // ... and allowed when loopback is, with only allowed addresses returned.
+        let local = PolicyResolver::new(Arc::new(UrlPolicy::local_testing()));
+        let addrs: Vec<SocketAddr> = local.resolve(name()).await.unwrap().collect();
+        assert!(!addrs.is_empty());
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()));
+    }
+
     #[test]
     fn trusted_origin_is_exact() {
         let p = UrlPolicy::default().trust_origin_of(&u("http://127.0.0.1:8080/vgi"));

@@ -715,3 +715,48 @@ async fn demo_blob_stream_externalizes_each_cycle() {
     assert_eq!(n, 3);
     assert_eq!(s.object_count(), before + 3);
 }
+
+#[tokio::test]
+async fn responses_are_compressed_as_negotiated() {
+    let s = TestServer::start(&[]).await;
+    let url = format!("{}/{}/echo", s.base, demo::PROTOCOL);
+    let data = vec![b'z'; 100_000];
+    let body = || request_body(&demo::echo_params(), data_params(&data), request_md("echo"));
+    let send = |pairs: Vec<(&'static str, &'static str)>| {
+        let mut req = reqwest::Client::new()
+            .post(&url)
+            .header("content-type", spillway::wire::ARROW_STREAM_CONTENT_TYPE)
+            .body(body());
+        for (k, v) in pairs {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    let resp = send(vec![("accept-encoding", "zstd, gzip")]).await.unwrap();
+    assert_eq!(resp.headers()["vgi-supported-encodings"], "zstd, gzip");
+    assert_eq!(resp.headers()["content-encoding"], "zstd");
+    let raw = resp.bytes().await.unwrap();
+    assert!(raw.len() < 10_000, "compressed: {}", raw.len());
+    let decoded = zstd::decode_all(&raw[..]).unwrap();
+    let stream = read_stream(decoded.into(), Default::default()).unwrap();
+    assert_eq!(binary_value(&stream.batches[0].batch), data);
+    // The custom header wins; a codec it alone offers is announced in the custom header.
+    let resp = send(vec![
+        ("x-vgi-accept-encoding", "gzip"),
+        ("accept-encoding", "zstd"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(resp.headers()["x-vgi-content-encoding"], "gzip");
+    assert!(resp.headers().get("content-encoding").is_none());
+    // identity first, or nothing we produce: plain Arrow.
+    for pairs in [
+        vec![("accept-encoding", "identity, zstd")],
+        vec![("accept-encoding", "br")],
+    ] {
+        let resp = send(pairs).await.unwrap();
+        assert!(resp.headers().get("content-encoding").is_none());
+        let stream = read_stream(resp.bytes().await.unwrap(), Default::default()).unwrap();
+        assert_eq!(binary_value(&stream.batches[0].batch), data);
+    }
+}

@@ -19,6 +19,7 @@
 #![allow(clippy::result_large_err)]
 
 mod body;
+mod compress;
 mod emit;
 pub mod ops;
 mod pointers;
@@ -275,6 +276,11 @@ async fn stamp_headers(State(st): State<Arc<AppState>>, mut req: Request, next: 
             self.0.decrement(1.0);
         }
     }
+    // Only RPC answers (POST) are compressed; object downloads keep their stored encoding,
+    // ranges and lengths.
+    let codec = (req.method() == axum::http::Method::POST)
+        .then(|| compress::negotiate(req.headers()))
+        .flatten();
     let in_flight = InFlight(metrics::gauge!("spillway_http_requests_in_flight"));
     in_flight.0.increment(1.0);
     // A response sent before the request body was read to the end makes hyper drop the
@@ -300,7 +306,8 @@ async fn stamp_headers(State(st): State<Arc<AppState>>, mut req: Request, next: 
         );
         req = Request::from_parts(parts, axum::body::Body::from_stream(tracked));
     }
-    let mut resp = next.run(req).await;
+    let resp = next.run(req).await;
+    let mut resp = compress::compress_response(codec, resp).await;
     drop(in_flight);
     if !body_done.load(std::sync::atomic::Ordering::SeqCst) {
         resp.headers_mut().insert(
@@ -320,7 +327,10 @@ async fn stamp_headers(State(st): State<Arc<AppState>>, mut req: Request, next: 
         "vgi-externalization-enabled",
         st.externalizer.is_some().to_string(),
     );
-    set("vgi-supported-encodings", String::new());
+    set(
+        "vgi-supported-encodings",
+        compress::RESPONSE_CODECS.join(", "),
+    );
     set("vgi-max-request-bytes", cfg.max_request_bytes.to_string());
     if st.storage.is_some() {
         set("vgi-upload-url-support", "true".into());

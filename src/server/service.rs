@@ -280,6 +280,24 @@ impl CallContext {
         }
     }
 
+    /// Like [`Self::log`], with extra key/values sent as `vgi_rpc.log_extra` (a JSON object;
+    /// omitted when empty).
+    pub fn log_with_extra(
+        &self,
+        level: &str,
+        message: impl Into<String>,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) {
+        let msg = LogMessage {
+            level: level.to_ascii_uppercase(),
+            message: message.into(),
+            extra: (!extra.is_empty()).then(|| serde_json::Value::Object(extra).to_string()),
+        };
+        if let Ok(mut logs) = self.logs.lock() {
+            logs.push(msg);
+        }
+    }
+
     pub(crate) fn take_logs(&self) -> Vec<LogMessage> {
         self.logs
             .lock()

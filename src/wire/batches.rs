@@ -36,6 +36,8 @@ pub mod keys {
     pub const ERROR_CODE: &str = "vgi_rpc.error_code";
     /// Open-enum error kind token.
     pub const ERROR_KIND: &str = "vgi_rpc.error_kind";
+    /// JSON array of structured error details.
+    pub const ERROR_DETAILS: &str = "vgi_rpc.error_details";
     /// Server id on logs and errors.
     pub const SERVER_ID: &str = "vgi_rpc.server_id";
     /// Request id on logs and errors.
@@ -185,7 +187,19 @@ pub struct RpcError {
     pub code: ErrorCode,
     /// An optional machine-readable kind, e.g. `method_not_implemented`.
     pub kind: Option<String>,
+    /// Structured details: a compact JSON array of `{"@type": ...}` objects, at most
+    /// [`MAX_ERROR_DETAILS_BYTES`] (set through [`RpcError::with_details`]).
+    pub details: Option<String>,
+    /// A traceback-like account of where the error came from; when `None`, the EXCEPTION
+    /// batch carries one made from the type and message.
+    pub traceback: Option<String>,
 }
+
+/// The largest `vgi_rpc.error_details` sent: larger details are dropped whole, never cut.
+pub const MAX_ERROR_DETAILS_BYTES: usize = 4096;
+
+/// The longest traceback sent.
+const MAX_TRACEBACK_CHARS: usize = 16_000;
 
 impl RpcError {
     /// An error of the given type and message, code `UNKNOWN`.
@@ -195,7 +209,23 @@ impl RpcError {
             message: message.into(),
             code: ErrorCode::Unknown,
             kind: None,
+            details: None,
+            traceback: None,
         }
+    }
+
+    /// Attaches structured details (e.g. `{"@type": "vgi_rpc.RetryInfo", ...}` objects).
+    /// Details whose JSON exceeds [`MAX_ERROR_DETAILS_BYTES`] are dropped entirely.
+    pub fn with_details(mut self, details: Vec<serde_json::Value>) -> Self {
+        let text = serde_json::Value::Array(details).to_string();
+        self.details = (text.len() <= MAX_ERROR_DETAILS_BYTES).then_some(text);
+        self
+    }
+
+    /// Attaches a traceback (cut to 16 000 characters).
+    pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {
+        self.traceback = Some(traceback.into().chars().take(MAX_TRACEBACK_CHARS).collect());
+        self
     }
 
     /// Sets the gRPC code.
@@ -227,8 +257,24 @@ impl RpcError {
             "exception_message": self.message,
             "error_code": self.code.as_str(),
         });
-        if let (Some(kind), Some(obj)) = (&self.kind, extra.as_object_mut()) {
-            obj.insert("error_kind".into(), json!(kind));
+        let traceback = self.traceback.clone().unwrap_or_else(|| {
+            format!(
+                "Traceback (most recent call last):\n  raised by the server\n{}: {}",
+                self.error_type, self.message
+            )
+        });
+        let details: Option<serde_json::Value> = self
+            .details
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok());
+        if let Some(obj) = extra.as_object_mut() {
+            if let Some(kind) = &self.kind {
+                obj.insert("error_kind".into(), json!(kind));
+            }
+            if let Some(d) = &details {
+                obj.insert("error_details".into(), d.clone());
+            }
+            obj.insert("traceback".into(), json!(traceback));
         }
         let mut metadata = Metadata::new();
         metadata.insert(keys::LOG_LEVEL.into(), "EXCEPTION".into());
@@ -240,6 +286,9 @@ impl RpcError {
         metadata.insert(keys::ERROR_CODE.into(), self.code.as_str().into());
         if let Some(kind) = &self.kind {
             metadata.insert(keys::ERROR_KIND.into(), kind.clone());
+        }
+        if let Some(d) = &self.details {
+            metadata.insert(keys::ERROR_DETAILS.into(), d.clone());
         }
         if let Some(id) = request_id {
             metadata.insert(keys::REQUEST_ID.into(), id.into());
@@ -278,11 +327,17 @@ impl RpcError {
             .get(keys::ERROR_KIND)
             .cloned()
             .or_else(|| extra_str("error_kind"));
+        let details = md
+            .get(keys::ERROR_DETAILS)
+            .cloned()
+            .or_else(|| extra.get("error_details").map(|d| d.to_string()));
         RpcError {
             error_type,
             message,
             code,
             kind,
+            details,
+            traceback: extra_str("traceback"),
         }
     }
 }
@@ -352,7 +407,22 @@ mod tests {
         let e = RpcError::invalid_argument("bad").to_batch(&schema, Some("rid"));
         assert_eq!(classify(&e.batch, &e.metadata), BatchKind::Error);
         let back = RpcError::from_metadata(&e.metadata);
-        assert_eq!(back, RpcError::invalid_argument("bad"));
+        assert_eq!(back.error_type, "ValueError");
+        assert_eq!(back.message, "bad");
+        assert_eq!(back.code, ErrorCode::InvalidArgument);
+        assert!(back.traceback.unwrap().ends_with("ValueError: bad"));
+        let big = RpcError::new("X", "y")
+            .with_details(vec![json!({"@type": "t", "pad": "a".repeat(5000)})]);
+        assert_eq!(big.details, None, "oversized details are dropped, not cut");
+        let d = RpcError::new("X", "y").with_details(vec![
+            json!({"@type": "vgi_rpc.RetryInfo", "retry_delay_seconds": 7}),
+        ]);
+        let b = d.to_batch(&schema, None);
+        assert_eq!(
+            b.metadata[keys::ERROR_DETAILS],
+            r#"[{"@type":"vgi_rpc.RetryInfo","retry_delay_seconds":7}]"#
+        );
+        assert_eq!(RpcError::from_metadata(&b.metadata).details, d.details);
         assert_eq!(
             classify(&RecordBatch::new_empty(schema), &Metadata::new()),
             BatchKind::Data
