@@ -18,9 +18,10 @@ pub enum Error {
     /// The peer broke the vgi-rpc protocol (wrong batch layout, missing metadata, ...).
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// The remote side answered with an RPC error (an EXCEPTION batch).
+    /// The remote side answered with an RPC error (an EXCEPTION batch). Boxed: it is large,
+    /// and every `Result` of the crate carries this enum.
     #[error(transparent)]
-    Rpc(#[from] RpcError),
+    Rpc(Box<RpcError>),
     /// A limit was exceeded; `limit_name` is the configuration knob (e.g. `max_fetch_bytes`).
     #[error("{what} exceeds {limit_name} ({limit} bytes)")]
     TooLarge {
@@ -142,6 +143,12 @@ impl FetchFailure {
 impl std::fmt::Display for FetchFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl From<RpcError> for Error {
+    fn from(e: RpcError) -> Self {
+        Error::Rpc(Box::new(e))
     }
 }
 

@@ -125,7 +125,7 @@ pub fn resolve_object(
             )));
         }
         match classify(&b.batch, &b.metadata) {
-            BatchKind::Error => return Err(Error::Rpc(RpcError::from_metadata(&b.metadata))),
+            BatchKind::Error => return Err(RpcError::from_metadata(&b.metadata).into()),
             BatchKind::Log => logs.push(LogMessage::from_metadata(&b.metadata)),
             _ => data.push(b),
         }

@@ -498,10 +498,11 @@ impl Client {
         let body = Bytes::from(build_upload_init_body(count)?);
         let resp = self.post_rpc(&url, &caps, body).await?;
         if resp.status == 404 {
-            return Err(Error::Rpc(
+            return Err(
                 RpcError::new("NotSupported", "server does not support upload urls")
-                    .with_code(ErrorCode::Unimplemented),
-            ));
+                    .with_code(ErrorCode::Unimplemented)
+                    .into(),
+            );
         }
         if resp.status == 413 {
             return Err(self.request_too_large(&caps, 0));
@@ -660,7 +661,7 @@ impl Client {
         if !(200..300).contains(&resp.status) {
             if resp.status != 401 {
                 if let Some(e) = parse_error_body(&resp.body) {
-                    return Err(Error::Rpc(e));
+                    return Err(e.into());
                 }
             }
             return Err(Error::HttpStatus {
@@ -887,7 +888,7 @@ fn parse_unary_response(body: Bytes) -> Result<ParsedResponse> {
     for b in stream.batches {
         match classify(&b.batch, &b.metadata) {
             BatchKind::Log => logs.push(LogMessage::from_metadata(&b.metadata)),
-            BatchKind::Error => return Err(Error::Rpc(RpcError::from_metadata(&b.metadata))),
+            BatchKind::Error => return Err(RpcError::from_metadata(&b.metadata).into()),
             BatchKind::Sentinel => {
                 return Err(Error::Protocol(
                     "unexpected stream token sentinel in a unary response".into(),

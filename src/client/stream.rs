@@ -176,7 +176,7 @@ impl ClientStream {
     fn check_status(&self, resp: &RawResponse) -> Result<()> {
         if !(200..300).contains(&resp.status) {
             if let Some(e) = parse_error_body(&resp.body) {
-                return Err(Error::Rpc(e));
+                return Err(e.into());
             }
             return Err(Error::HttpStatus {
                 status: resp.status,
@@ -208,7 +208,7 @@ impl ClientStream {
                     emit_log(&self.method, &log);
                     reply.logs.push(log);
                 }
-                BatchKind::Error => return Err(Error::Rpc(RpcError::from_metadata(&b.metadata))),
+                BatchKind::Error => return Err(RpcError::from_metadata(&b.metadata).into()),
                 BatchKind::Sentinel => {}
                 BatchKind::Pointer | BatchKind::Data => {
                     if reply.data.is_some() {

@@ -302,7 +302,7 @@ pub(crate) fn check_protocol_version(protocol: &Protocol, md: &Metadata) -> Resu
 /// Maps a library error to the RPC error a client sees.
 pub(crate) fn rpc_error_from(e: &Error) -> RpcError {
     match e {
-        Error::Rpc(r) => r.clone(),
+        Error::Rpc(r) => (**r).clone(),
         Error::ExternalizedTooLarge { .. } => {
             RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::ResourceExhausted)
         }

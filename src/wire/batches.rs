@@ -187,12 +187,16 @@ pub struct RpcError {
     pub code: ErrorCode,
     /// An optional machine-readable kind, e.g. `method_not_implemented`.
     pub kind: Option<String>,
-    /// Structured details: a compact JSON array of `{"@type": ...}` objects, at most
-    /// [`MAX_ERROR_DETAILS_BYTES`] (set through [`RpcError::with_details`]).
-    pub details: Option<String>,
-    /// A traceback-like account of where the error came from; when `None`, the EXCEPTION
-    /// batch carries one made from the type and message.
-    pub traceback: Option<String>,
+    /// Details and traceback, boxed: handler results carry `RpcError` by value, and most
+    /// errors have neither.
+    extras: Option<Box<ErrorExtras>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct ErrorExtras {
+    /// A compact JSON array of `{"@type": ...}` objects, at most [`MAX_ERROR_DETAILS_BYTES`].
+    details: Option<String>,
+    traceback: Option<String>,
 }
 
 /// The largest `vgi_rpc.error_details` sent: larger details are dropped whole, never cut.
@@ -209,23 +213,38 @@ impl RpcError {
             message: message.into(),
             code: ErrorCode::Unknown,
             kind: None,
-            details: None,
-            traceback: None,
+            extras: None,
         }
+    }
+
+    fn extras_mut(&mut self) -> &mut ErrorExtras {
+        self.extras.get_or_insert_with(Box::default)
     }
 
     /// Attaches structured details (e.g. `{"@type": "vgi_rpc.RetryInfo", ...}` objects).
     /// Details whose JSON exceeds [`MAX_ERROR_DETAILS_BYTES`] are dropped entirely.
     pub fn with_details(mut self, details: Vec<serde_json::Value>) -> Self {
         let text = serde_json::Value::Array(details).to_string();
-        self.details = (text.len() <= MAX_ERROR_DETAILS_BYTES).then_some(text);
+        self.extras_mut().details = (text.len() <= MAX_ERROR_DETAILS_BYTES).then_some(text);
         self
     }
 
-    /// Attaches a traceback (cut to 16 000 characters).
+    /// Attaches a traceback (cut to 16 000 characters); without one, the EXCEPTION batch
+    /// carries one made from the type and message.
     pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {
-        self.traceback = Some(traceback.into().chars().take(MAX_TRACEBACK_CHARS).collect());
+        self.extras_mut().traceback =
+            Some(traceback.into().chars().take(MAX_TRACEBACK_CHARS).collect());
         self
+    }
+
+    /// The structured details, as a JSON array text.
+    pub fn details(&self) -> Option<&str> {
+        self.extras.as_ref()?.details.as_deref()
+    }
+
+    /// The traceback, if one was attached or received.
+    pub fn traceback(&self) -> Option<&str> {
+        self.extras.as_ref()?.traceback.as_deref()
     }
 
     /// Sets the gRPC code.
@@ -257,16 +276,14 @@ impl RpcError {
             "exception_message": self.message,
             "error_code": self.code.as_str(),
         });
-        let traceback = self.traceback.clone().unwrap_or_else(|| {
+        let traceback = self.traceback().map(str::to_string).unwrap_or_else(|| {
             format!(
                 "Traceback (most recent call last):\n  raised by the server\n{}: {}",
                 self.error_type, self.message
             )
         });
-        let details: Option<serde_json::Value> = self
-            .details
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok());
+        let details: Option<serde_json::Value> =
+            self.details().and_then(|d| serde_json::from_str(d).ok());
         if let Some(obj) = extra.as_object_mut() {
             if let Some(kind) = &self.kind {
                 obj.insert("error_kind".into(), json!(kind));
@@ -287,8 +304,8 @@ impl RpcError {
         if let Some(kind) = &self.kind {
             metadata.insert(keys::ERROR_KIND.into(), kind.clone());
         }
-        if let Some(d) = &self.details {
-            metadata.insert(keys::ERROR_DETAILS.into(), d.clone());
+        if let Some(d) = self.details() {
+            metadata.insert(keys::ERROR_DETAILS.into(), d.to_string());
         }
         if let Some(id) = request_id {
             metadata.insert(keys::REQUEST_ID.into(), id.into());
@@ -331,13 +348,15 @@ impl RpcError {
             .get(keys::ERROR_DETAILS)
             .cloned()
             .or_else(|| extra.get("error_details").map(|d| d.to_string()));
+        let traceback = extra_str("traceback");
+        let extras = (details.is_some() || traceback.is_some())
+            .then(|| Box::new(ErrorExtras { details, traceback }));
         RpcError {
             error_type,
             message,
             code,
             kind,
-            details,
-            traceback: extra_str("traceback"),
+            extras,
         }
     }
 }
@@ -410,10 +429,14 @@ mod tests {
         assert_eq!(back.error_type, "ValueError");
         assert_eq!(back.message, "bad");
         assert_eq!(back.code, ErrorCode::InvalidArgument);
-        assert!(back.traceback.unwrap().ends_with("ValueError: bad"));
+        assert!(back.traceback().unwrap().ends_with("ValueError: bad"));
         let big = RpcError::new("X", "y")
             .with_details(vec![json!({"@type": "t", "pad": "a".repeat(5000)})]);
-        assert_eq!(big.details, None, "oversized details are dropped, not cut");
+        assert_eq!(
+            big.details(),
+            None,
+            "oversized details are dropped, not cut"
+        );
         let d = RpcError::new("X", "y").with_details(vec![
             json!({"@type": "vgi_rpc.RetryInfo", "retry_delay_seconds": 7}),
         ]);
@@ -422,7 +445,7 @@ mod tests {
             b.metadata[keys::ERROR_DETAILS],
             r#"[{"@type":"vgi_rpc.RetryInfo","retry_delay_seconds":7}]"#
         );
-        assert_eq!(RpcError::from_metadata(&b.metadata).details, d.details);
+        assert_eq!(RpcError::from_metadata(&b.metadata).details(), d.details());
         assert_eq!(
             classify(&RecordBatch::new_empty(schema), &Metadata::new()),
             BatchKind::Data
