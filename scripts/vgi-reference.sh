@@ -61,7 +61,8 @@ find_python() {
   return 1
 }
 
-# True if the venv is complete: the pinned vgi-rpc with its http/external extras, and pytest.
+# True if the venv is complete: the pinned vgi-rpc with its http/external extras, pytest and
+# the plugins the conformance suite uses (pytest-timeout, psutil).
 venv_ok() {
   [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$VGI_RPC_VERSION" >/dev/null 2>&1 <<'EOF'
 import importlib.metadata as md
@@ -69,7 +70,9 @@ import sys
 
 assert md.version("vgi-rpc") == sys.argv[1]
 import pyarrow  # noqa: F401
+import psutil  # noqa: F401
 import pytest  # noqa: F401
+import pytest_timeout  # noqa: F401
 import vgi_rpc.external  # noqa: F401
 import vgi_rpc.http  # noqa: F401
 EOF
@@ -87,7 +90,7 @@ install() {
     die "'$py -m venv' failed (on Debian/Ubuntu system Pythons, install the python3.X-venv package)"
   fi
   if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "vgi-rpc[http,external]==$VGI_RPC_VERSION" "pytest>=8" >&2; then
+    "vgi-rpc[http,external]==$VGI_RPC_VERSION" "pytest>=8" "pytest-timeout>=2" "psutil>=5" >&2; then
     die "pip could not install vgi-rpc[http,external]==$VGI_RPC_VERSION (is the package index reachable?)"
   fi
   venv_ok || die "the venv at $VENV is still incomplete after installing; remove it and retry"
