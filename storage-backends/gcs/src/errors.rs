@@ -1,0 +1,132 @@
+//! Turning client-library and HTTP failures into [`StorageError`]s without leaking secrets.
+//!
+//! Error texts from the client library and reqwest may name URLs, and some of those are
+//! capabilities (a resumable upload session URL lets anyone holding it write the object), so
+//! every URL in a message is cut down to `scheme://host[:port]/path` and messages are bounded.
+
+use spillway_storage::{redact_url, ObjectKey, StorageError};
+
+/// Longest error text kept (the service's explanation is in the first few hundred bytes).
+const MAX_MESSAGE_LEN: usize = 600;
+
+/// `e` and its sources, `: `-separated.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    // Bounded: some error types list themselves as their own source.
+    for _ in 0..8 {
+        let Some(s) = source else { break };
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Replaces every `http://` or `https://` URL in `text` with its redacted form, and bounds the
+/// length.
+pub(crate) fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_MESSAGE_LEN));
+    let mut rest = text;
+    while let Some(at) = find_url(rest) {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>' | '<' | ','))
+            .unwrap_or(tail.len());
+        out.push_str(&redact_url(&tail[..end]));
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    if out.len() > MAX_MESSAGE_LEN {
+        let mut cut = MAX_MESSAGE_LEN;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str("...");
+    }
+    out
+}
+
+fn find_url(text: &str) -> Option<usize> {
+    let lower = text.to_ascii_lowercase();
+    match (lower.find("http://"), lower.find("https://")) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Maps a client-library error: 404 on an object is [`StorageError::NotFound`], the rest is a
+/// redacted [`StorageError::Backend`].
+pub(crate) fn from_gcs(
+    op: &str,
+    key: Option<&ObjectKey>,
+    e: google_cloud_storage::Error,
+) -> StorageError {
+    match (e.http_status_code(), key) {
+        (Some(404), Some(key)) => StorageError::NotFound {
+            key: key.to_string(),
+        },
+        (status, _) => {
+            let status = status.map(|s| format!(" (http {s})")).unwrap_or_default();
+            StorageError::Backend(format!(
+                "gcs {op} failed{status}: {}",
+                redact_text(&error_chain(&e))
+            ))
+        }
+    }
+}
+
+/// `None` for the empty strings the client library uses for absent fields.
+pub(crate) fn non_empty(s: String) -> Option<String> {
+    if s.is_empty() {
+        None
+    } else {
+        Some(s)
+    }
+}
+
+/// A stored `Content-Encoding`; `identity` (what the service reports for none) is none.
+pub(crate) fn stored_encoding(s: String) -> Option<String> {
+    non_empty(s).filter(|e| !e.eq_ignore_ascii_case("identity"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_messages_lose_their_query() {
+        let text = "error sending request for url (http://127.0.0.1:9/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=SECRET): connection refused; see https://h/x?X-Goog-Signature=abc, done";
+        let r = redact_text(text);
+        assert!(!r.contains("SECRET"), "{r}");
+        assert!(!r.contains("abc"), "{r}");
+        assert!(
+            r.contains("http://127.0.0.1:9/upload/storage/v1/b/b/o)"),
+            "{r}"
+        );
+        assert!(r.contains("https://h/x, done"), "{r}");
+        assert!(r.starts_with("error sending request for url ("), "{r}");
+    }
+
+    #[test]
+    fn messages_are_bounded() {
+        let long = "é".repeat(2000);
+        let r = redact_text(&long);
+        assert!(r.len() <= MAX_MESSAGE_LEN + 3);
+        assert!(r.ends_with("..."));
+        assert_eq!(redact_text("plain"), "plain");
+        assert_eq!(redact_text("HTTPS://H/p?q=1"), "https://h/p");
+    }
+
+    #[test]
+    fn absent_fields_are_none() {
+        assert_eq!(non_empty(String::new()), None);
+        assert_eq!(stored_encoding("identity".into()), None);
+        assert_eq!(stored_encoding("zstd".into()), Some("zstd".into()));
+    }
+}
