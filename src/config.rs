@@ -272,7 +272,26 @@ impl ServeArgs {
                     Some(store),
                 ))
             }
-            StorageKind::S3 | StorageKind::Gcs => {
+            StorageKind::S3 => {
+                let s3 = S3Store::connect(&self.store.s3, &self.store.settings()).await?;
+                for (setting, ttl) in [
+                    ("SPILLWAY_PRESIGN_TTL", self.presign_ttl),
+                    ("SPILLWAY_UPLOAD_URL_TTL", self.upload_url_ttl),
+                ] {
+                    let ttl = Duration::from_secs(ttl.max(1));
+                    // S3 refuses presigned URLs that live longer than 7 days.
+                    if ttl > spillway_storage_s3::MAX_PRESIGN_TTL {
+                        return Err(Error::Config(format!(
+                            "{setting} must be at most 604800 seconds (7 days) with SPILLWAY_STORAGE=s3"
+                        )));
+                    }
+                    if let Some(warning) = s3.presign_ttl_warning(ttl) {
+                        tracing::warn!(setting, "{warning}");
+                    }
+                }
+                Ok((server.with_storage(Arc::new(s3)), None))
+            }
+            StorageKind::Gcs => {
                 let storage = self.store.connect_cloud().await?;
                 Ok((server.with_storage(storage), None))
             }
