@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_buffer::Buffer;
-use arrow_ipc::writer::{
-    DictionaryTracker, EncodedData, IpcDataGenerator, IpcWriteContext, IpcWriteOptions,
-};
+
 use arrow_ipc::MessageHeader;
 use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
@@ -76,34 +74,22 @@ impl Default for ReadLimits {
 }
 
 /// Writes one IPC stream to `W`, batch by batch, with per-batch metadata.
+///
+/// arrow-ipc's `StreamWriter` streams each buffer of a batch straight from the batch to the
+/// sink (no copy of the body); it cannot set per-message metadata. So it writes into a
+/// [`MetadataInjector`], which rewrites the (small) message header of each record batch to
+/// add the metadata and passes the body through.
 pub struct IpcStreamWriter<W: Write> {
-    out: W,
+    inner: arrow_ipc::writer::StreamWriter<MetadataInjector<W>>,
     schema: SchemaRef,
-    generator: IpcDataGenerator,
-    tracker: DictionaryTracker,
-    context: IpcWriteContext,
-    options: IpcWriteOptions,
-    finished: bool,
 }
 
 impl<W: Write> IpcStreamWriter<W> {
     /// Starts a stream: writes the schema message.
-    pub fn try_new(mut out: W, schema: SchemaRef) -> Result<Self> {
-        let generator = IpcDataGenerator::default();
-        let mut tracker = DictionaryTracker::new(false);
-        let options = IpcWriteOptions::default();
-        let encoded =
-            generator.schema_to_bytes_with_dictionary_tracker(&schema, &mut tracker, &options);
-        arrow_ipc::writer::write_message(&mut out, encoded, &options)?;
-        Ok(IpcStreamWriter {
-            out,
-            schema,
-            generator,
-            tracker,
-            context: IpcWriteContext::default(),
-            options,
-            finished: false,
-        })
+    pub fn try_new(out: W, schema: SchemaRef) -> Result<Self> {
+        let injector = MetadataInjector::new(out);
+        let inner = arrow_ipc::writer::StreamWriter::try_new(injector, &schema)?;
+        Ok(IpcStreamWriter { inner, schema })
     }
 
     /// Writes a batch; its schema must be the stream's (metadata aside).
@@ -115,30 +101,173 @@ impl<W: Write> IpcStreamWriter<W> {
                 self.schema
             )));
         }
-        let (dictionaries, encoded) =
-            self.generator
-                .encode(batch, &mut self.tracker, &self.options, &mut self.context)?;
-        for dict in dictionaries {
-            arrow_ipc::writer::write_message(&mut self.out, dict, &self.options)?;
-        }
-        let encoded = if metadata.is_empty() {
-            encoded
+        // arrow-rs refuses a batch whose schema differs in metadata or nullability details
+        // it considers significant; give it the stream's own schema.
+        let batch = if batch.schema_ref() == &self.schema {
+            batch.clone()
         } else {
-            EncodedData {
-                ipc_message: attach_metadata(&encoded.ipc_message, metadata)?,
-                arrow_data: encoded.arrow_data,
-            }
+            batch.clone().with_schema(self.schema.clone())?
         };
-        arrow_ipc::writer::write_message(&mut self.out, encoded, &self.options)?;
+        self.inner.get_mut().pending = (!metadata.is_empty()).then(|| metadata.clone());
+        self.inner.write(&batch)?;
+        let injector = self.inner.get_mut();
+        if let Some(e) = injector.error.take() {
+            return Err(e);
+        }
+        if injector.pending.is_some() {
+            return Err(Error::Internal("batch metadata was not written".into()));
+        }
         Ok(())
     }
 
     /// Writes the end-of-stream marker and returns the sink.
     pub fn finish(mut self) -> Result<W> {
-        self.out.write_all(&CONTINUATION)?;
-        self.out.write_all(&[0u8; 4])?;
-        self.finished = true;
-        Ok(self.out)
+        self.inner.finish()?;
+        let injector = self.inner.into_inner()?;
+        injector.into_inner()
+    }
+}
+
+/// Where a [`MetadataInjector`] is in the message framing.
+enum InjectorState {
+    /// Collecting the 8-byte continuation + length prefix.
+    Prefix,
+    /// Collecting a message header of this many bytes.
+    Header(usize),
+    /// Passing this many body bytes through.
+    Body(u64),
+}
+
+/// A `Write` adapter that parses the IPC stream framing written through it and adds
+/// `custom_metadata` to the next record batch message; everything else passes unchanged.
+struct MetadataInjector<W: Write> {
+    out: W,
+    frame: InjectorState,
+    buf: Vec<u8>,
+    pending: Option<Metadata>,
+    error: Option<Error>,
+}
+
+impl<W: Write> MetadataInjector<W> {
+    fn new(out: W) -> Self {
+        MetadataInjector {
+            out,
+            frame: InjectorState::Prefix,
+            buf: Vec::with_capacity(1024),
+            pending: None,
+            error: None,
+        }
+    }
+
+    fn into_inner(self) -> Result<W> {
+        match self.frame {
+            InjectorState::Prefix if self.buf.is_empty() => Ok(self.out),
+            _ => Err(Error::Internal("ipc stream ended inside a message".into())),
+        }
+    }
+
+    /// A complete header is in `buf`: forward it (rewritten for a record batch with pending
+    /// metadata) and return the body length that follows.
+    fn emit_header(&mut self) -> std::io::Result<u64> {
+        let (body_len, rewritten) = {
+            let msg = arrow_ipc::root_as_message(&self.buf)
+                .map_err(|e| std::io::Error::other(format!("invalid message header: {e}")))?;
+            let body_len = u64::try_from(msg.bodyLength())
+                .map_err(|_| std::io::Error::other("negative body length"))?;
+            let rewritten = match (msg.header_type(), &self.pending) {
+                (MessageHeader::RecordBatch, Some(md)) => Some(
+                    attach_metadata(&self.buf, md)
+                        .map_err(|e| std::io::Error::other(e.to_string()))?,
+                ),
+                _ => None,
+            };
+            (body_len, rewritten)
+        };
+        match rewritten {
+            None => {
+                self.out.write_all(&CONTINUATION)?;
+                self.out.write_all(&(self.buf.len() as u32).to_le_bytes())?;
+                self.out.write_all(&self.buf)?;
+            }
+            Some(mut header) => {
+                self.pending = None;
+                // Keep the body 8-byte aligned: the prefix is 8 bytes, so pad the header.
+                header.resize(header.len().div_ceil(8) * 8, 0);
+                self.out.write_all(&CONTINUATION)?;
+                self.out.write_all(&(header.len() as u32).to_le_bytes())?;
+                self.out.write_all(&header)?;
+            }
+        }
+        self.buf.clear();
+        Ok(body_len)
+    }
+}
+
+impl<W: Write> Write for MetadataInjector<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            match self.frame {
+                InjectorState::Body(n) => {
+                    let take = (n.min(rest.len() as u64)) as usize;
+                    self.out.write_all(&rest[..take])?;
+                    rest = &rest[take..];
+                    let left = n - take as u64;
+                    self.frame = if left == 0 {
+                        InjectorState::Prefix
+                    } else {
+                        InjectorState::Body(left)
+                    };
+                }
+                InjectorState::Prefix => {
+                    let take = (8 - self.buf.len()).min(rest.len());
+                    self.buf.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if self.buf.len() == 8 {
+                        let len = u32::from_le_bytes([
+                            self.buf[4],
+                            self.buf[5],
+                            self.buf[6],
+                            self.buf[7],
+                        ]);
+                        if self.buf[..4] != CONTINUATION {
+                            return Err(std::io::Error::other("unexpected legacy ipc framing"));
+                        }
+                        self.buf.clear();
+                        if len == 0 {
+                            self.out.write_all(&CONTINUATION)?;
+                            self.out.write_all(&[0u8; 4])?;
+                        } else {
+                            self.frame = InjectorState::Header(len as usize);
+                        }
+                    }
+                }
+                InjectorState::Header(len) => {
+                    let take = (len - self.buf.len()).min(rest.len());
+                    self.buf.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if self.buf.len() == len {
+                        let body = match self.emit_header() {
+                            Ok(b) => b,
+                            Err(e) => {
+                                self.error = Some(Error::Ipc(e.to_string()));
+                                return Err(e);
+                            }
+                        };
+                        self.frame = if body == 0 {
+                            InjectorState::Prefix
+                        } else {
+                            InjectorState::Body(body)
+                        };
+                    }
+                }
+            }
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -533,6 +662,68 @@ mod tests {
             m[i] ^= 0x5a;
             let _ = read_stream(Bytes::from(m), ReadLimits::default());
         }
+    }
+
+    /// A sink that takes at most 3 bytes per call: the framing parser must not care.
+    struct Trickle(Vec<u8>);
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let n = b.len().min(3);
+            self.0.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn metadata_injection_survives_any_write_chunking() {
+        let dict: DictionaryArray<arrow_array::types::Int16Type> =
+            vec!["a", "b", "a"].into_iter().collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("e", dict.data_type().clone(), false),
+            Field::new("d", DataType::Binary, false),
+        ]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(dict),
+                Arc::new(BinaryArray::from_vec(vec![b"x", b"yy", b"zzz"])),
+            ],
+        )
+        .unwrap();
+        let mut w = IpcStreamWriter::try_new(Trickle(Vec::new()), schema.clone()).unwrap();
+        w.write(&b, &md(&[("k", "v1")])).unwrap();
+        w.write(&b, &Metadata::new()).unwrap();
+        w.write(&b, &md(&[("k", "v3")])).unwrap();
+        let bytes = w.finish().unwrap().0;
+        assert_eq!(bytes.len() % 8, 0, "framing stays 8-byte aligned");
+        let s = read_stream(Bytes::from(bytes.clone()), ReadLimits::default()).unwrap();
+        assert_eq!(s.batches.len(), 3);
+        assert_eq!(s.batches[0].metadata, md(&[("k", "v1")]));
+        assert!(s.batches[1].metadata.is_empty());
+        assert_eq!(s.batches[2].metadata, md(&[("k", "v3")]));
+        for x in &s.batches {
+            assert_eq!(x.batch, b);
+        }
+        // The same stream written in one piece is byte-identical.
+        let whole = write_stream(
+            &schema,
+            &[
+                MetaBatch {
+                    batch: b.clone(),
+                    metadata: md(&[("k", "v1")]),
+                },
+                MetaBatch::plain(b.clone()),
+                MetaBatch {
+                    batch: b.clone(),
+                    metadata: md(&[("k", "v3")]),
+                },
+            ],
+        )
+        .unwrap();
+        assert_eq!(whole, bytes);
     }
 
     #[test]
