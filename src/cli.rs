@@ -32,7 +32,7 @@ pub enum Command {
     /// Run the RPC server (with the built-in `spillway.Demo.v1` protocol).
     Serve(Box<ServeArgs>),
     /// Call a unary method and print its result.
-    Call(CallArgs),
+    Call(Box<CallArgs>),
     /// Manage the object store.
     #[command(subcommand)]
     Storage(StorageCommand),
@@ -111,7 +111,7 @@ pub struct CallArgs {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
-        Command::Call(args) => call(args).await,
+        Command::Call(args) => call(*args).await,
         Command::Storage(StorageCommand::Init(args)) => storage_init(*args).await,
     }
 }

@@ -158,6 +158,22 @@ async fn protocol_version_is_enforced_on_major_and_minor() {
                     "{bad:?}"
                 );
                 assert_eq!(e.code, spillway::wire::ErrorCode::FailedPrecondition);
+                // The precondition names the gated protocol and both versions.
+                let details: serde_json::Value =
+                    serde_json::from_str(e.details().expect("details")).unwrap();
+                assert_eq!(
+                    details[0]["@type"], "vgi_rpc.PreconditionFailure",
+                    "{bad:?}"
+                );
+                let violation = &details[0]["violations"][0];
+                assert_eq!(violation["type"], "protocol_version");
+                assert_eq!(violation["subject"], "test.Api.v2");
+                let description = violation["description"].as_str().unwrap();
+                assert!(
+                    description.contains(bad.unwrap_or("<none>"))
+                        && description.contains("server requires 2.1.0"),
+                    "{description}"
+                );
             }
             other => panic!("{bad:?}: expected a version error, got {other:?}"),
         }
@@ -206,6 +222,61 @@ async fn handler_failures_become_rpc_errors_and_the_server_survives() {
         .await
         .unwrap();
     assert_eq!(out.batch, int_batch("result", 2));
+}
+
+#[tokio::test]
+async fn response_compression_can_be_turned_off() {
+    let bin = Arc::new(Schema::new(vec![Field::new(
+        "result",
+        DataType::Binary,
+        false,
+    )]));
+    for (enabled, advertised) in [(true, "zstd, gzip"), (false, "")] {
+        let result = bin.clone();
+        let protocol = Protocol::new("test.Big.v1").unwrap().unary(
+            "big",
+            empty_schema(),
+            bin.clone(),
+            move |_ctx, _b| {
+                let result = result.clone();
+                async move {
+                    let data = vec![b'z'; 100_000];
+                    let col = arrow_array::BinaryArray::from_vec(vec![data.as_slice()]);
+                    Ok(RecordBatch::try_new(result, vec![Arc::new(col)]).unwrap())
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let server = Server::new(ServerConfig {
+            response_compression: enabled,
+            ..ServerConfig::default()
+        })
+        .with_protocol(protocol);
+        let s = TestServer::serve(listener, server, base, tempfile::tempdir().unwrap(), None);
+        let mut md = spillway::wire::Metadata::new();
+        md.insert(keys::METHOD.into(), "big".into());
+        md.insert(keys::REQUEST_VERSION.into(), "1".into());
+        let resp = reqwest::Client::new()
+            .post(format!("{}/test.Big.v1/big", s.base))
+            .header("content-type", spillway::wire::ARROW_STREAM_CONTENT_TYPE)
+            .header("accept-encoding", "zstd, gzip")
+            .header("x-vgi-accept-encoding", "zstd, gzip")
+            .body(request_body(&empty_schema(), no_params(), md))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        // Present even when empty: "speaks no compression", not a legacy server.
+        assert_eq!(resp.headers()["vgi-supported-encodings"], advertised);
+        assert_eq!(resp.headers().contains_key("content-encoding"), enabled);
+        if !enabled {
+            let stream =
+                spillway::wire::read_stream(resp.bytes().await.unwrap(), Default::default())
+                    .unwrap();
+            assert_eq!(stream.batches[0].batch.num_rows(), 1);
+        }
+    }
 }
 
 #[tokio::test]

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args};
 
-use super::{FetchConfig, DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, DEFAULT_PARALLEL_THRESHOLD};
+use super::{
+    FetchConfig, DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, DEFAULT_HEDGE_BUDGET,
+    DEFAULT_HEDGE_MIN_DELAY_MS, DEFAULT_PARALLEL_THRESHOLD,
+};
 
 /// The fetch engine's tuning, as flags; [`FetchArgs::apply`] copies it into a
 /// [`FetchConfig`]. Defaults are those of [`FetchConfig::default`].
@@ -22,18 +25,18 @@ pub struct FetchArgs {
     /// Duplicate straggling requests (`true` or `false`).
     #[arg(long = "fetch-hedge", env = "SPILLWAY_FETCH_HEDGE", default_value_t = true, action = ArgAction::Set)]
     pub hedge: bool,
-    /// Hedges allowed per fetch, as a fraction of its chunks (at least 2).
+    /// Hedges allowed per fetch, as a fraction of its chunks (at least 4).
     #[arg(
         long = "fetch-hedge-budget",
         env = "SPILLWAY_FETCH_HEDGE_BUDGET",
-        default_value_t = 0.1
+        default_value_t = DEFAULT_HEDGE_BUDGET
     )]
     pub hedge_budget: f64,
     /// Milliseconds before any request may be hedged.
     #[arg(
         long = "fetch-hedge-min-delay-ms",
         env = "SPILLWAY_FETCH_HEDGE_MIN_DELAY_MS",
-        default_value_t = 150
+        default_value_t = DEFAULT_HEDGE_MIN_DELAY_MS
     )]
     pub hedge_min_delay_ms: u64,
     /// Hedge a request without a first byte after this many median times-to-first-byte.
@@ -136,6 +139,10 @@ mod tests {
         assert_eq!(c.parallel_threshold, d.parallel_threshold);
         assert!(c.hedge);
         assert_eq!(c.hedge_min_delay, d.hedge_min_delay);
+        assert_eq!(c.hedge_budget, d.hedge_budget);
+        assert_eq!(c.hedge_ttfb_factor, d.hedge_ttfb_factor);
+        assert_eq!(c.hedge_slow_factor, d.hedge_slow_factor);
+        assert_eq!(c.retry_base_delay, d.retry_base_delay);
         assert_eq!(c.stall_timeout, d.stall_timeout);
         assert_eq!(c.deadline, d.deadline);
         assert_eq!(c.max_chunk_retries, d.max_chunk_retries);

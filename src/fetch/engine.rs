@@ -35,9 +35,11 @@ const TICK: Duration = Duration::from_millis(10);
 /// Most hedges one chunk gets (the original plus this many duplicates).
 const MAX_HEDGES_PER_CHUNK: u32 = 2;
 /// Hedges always allowed per fetch, whatever the budget fraction gives.
-const MIN_HEDGE_BUDGET: u32 = 2;
+const MIN_HEDGE_BUDGET: u32 = 4;
 /// Responses shorter than this (or than half a chunk) give no throughput sample: too noisy.
 const MIN_RATE_SAMPLE_BYTES: u64 = 256 * 1024;
+/// Smallest range an object is split into to use every connection.
+const MIN_SPLIT_CHUNK: u64 = 1024 * 1024;
 /// Events buffered between request tasks and the driver.
 const EVENT_QUEUE: usize = 256;
 
@@ -436,6 +438,8 @@ struct SinkHandle {
 
 struct Driver<'a> {
     cfg: &'a FetchConfig,
+    /// The range size used for this object (see `Driver::new`).
+    chunk_size: u64,
     transport: Arc<Transport>,
     output: Output,
     progress: Option<&'a ProgressFn>,
@@ -485,7 +489,18 @@ impl<'a> Driver<'a> {
     fn new(job: &Job<'a>, probe: Probe, started: Instant) -> Result<Driver<'a>> {
         let cfg = job.config;
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        let chunk_size = cfg.chunk_size.max(1);
+        // Objects too small for `concurrency` full chunks are split into `concurrency` equal
+        // ranges instead (not below 1 MiB), so a 64 MiB object still uses every connection.
+        let chunk_size = match probe.size {
+            Some(size) => cfg
+                .chunk_size
+                .min(
+                    size.div_ceil(cfg.concurrency.max(1) as u64)
+                        .max(MIN_SPLIT_CHUNK),
+                )
+                .max(1),
+            None => cfg.chunk_size.max(1),
+        };
         let ranged_plan = probe.ranges
             && probe
                 .size
@@ -514,6 +529,7 @@ impl<'a> Driver<'a> {
         stats.attempts = 1;
         let mut driver = Driver {
             cfg,
+            chunk_size,
             transport: job.transport.clone(),
             output: job.output,
             progress: job.progress,
@@ -611,7 +627,7 @@ impl<'a> Driver<'a> {
                     ..
                 }
         );
-        self.pieces = Some(Pieces::new(self.size, self.cfg.chunk_size.max(1), single));
+        self.pieces = Some(Pieces::new(self.size, self.chunk_size, single));
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = tokio::task::spawn_blocking(move || sink::run(mode, rx));
         self.sink = Some(SinkHandle {
@@ -1111,7 +1127,7 @@ impl<'a> Driver<'a> {
                 }
                 if let Some(fb) = r.first_byte {
                     let secs = now.duration_since(fb).as_secs_f64();
-                    let min_sample = MIN_RATE_SAMPLE_BYTES.min(self.cfg.chunk_size / 2);
+                    let min_sample = MIN_RATE_SAMPLE_BYTES.min(self.chunk_size / 2);
                     if r.bytes >= min_sample && secs > 0.0 {
                         self.rate_samples.push(r.bytes as f64 / secs);
                     }
@@ -1251,9 +1267,10 @@ impl<'a> Driver<'a> {
             else {
                 continue;
             };
-            let is_late = match newest.first_byte {
+            let reason = match newest.first_byte {
                 // Stuck before the first byte.
-                None => now.duration_since(newest.sent).as_secs_f64() >= ttfb_deadline,
+                None => (now.duration_since(newest.sent).as_secs_f64() >= ttfb_deadline)
+                    .then_some("no first byte"),
                 // Receiving, but so slowly that a fresh request would finish well first.
                 Some(fb) => {
                     let secs = now.duration_since(fb).as_secs_f64();
@@ -1263,13 +1280,21 @@ impl<'a> Driver<'a> {
                             let own = (newest.bytes as f64 / secs).max(1.0);
                             let own_eta = remaining / own;
                             let hedge_eta = ttfb + remaining / rate.max(1.0);
-                            own_eta > cfg.hedge_slow_factor * hedge_eta
+                            (own_eta > cfg.hedge_slow_factor * hedge_eta).then_some("slow")
                         }
-                        _ => false,
+                        _ => None,
                     }
                 }
             };
-            if is_late {
+            if let Some(reason) = reason {
+                tracing::debug!(
+                    chunk = ci,
+                    reason,
+                    waited_ms = now.duration_since(newest.sent).as_millis() as u64,
+                    received = newest.bytes,
+                    ttfb_deadline_ms = (ttfb_deadline * 1000.0) as u64,
+                    "straggler"
+                );
                 late.push(ci);
             }
         }

@@ -59,12 +59,16 @@ use http::Transport;
 /// Called with (bytes received, total bytes if known) while an object downloads.
 pub type ProgressFn = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
 
-/// Default [`FetchConfig::chunk_size`]: 8 MiB (see BENCHMARKS.md for the measurements).
-pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
+/// Default [`FetchConfig::chunk_size`]: 16 MiB (see BENCHMARKS.md for the measurements).
+pub const DEFAULT_CHUNK_SIZE: u64 = 16 * 1024 * 1024;
 /// Default [`FetchConfig::concurrency`].
 pub const DEFAULT_CONCURRENCY: usize = 8;
-/// Default [`FetchConfig::parallel_threshold`]: two chunks.
-pub const DEFAULT_PARALLEL_THRESHOLD: u64 = 2 * DEFAULT_CHUNK_SIZE;
+/// Default [`FetchConfig::parallel_threshold`]: 16 MiB.
+pub const DEFAULT_PARALLEL_THRESHOLD: u64 = 16 * 1024 * 1024;
+/// Default [`FetchConfig::hedge_budget`].
+pub const DEFAULT_HEDGE_BUDGET: f64 = 0.2;
+/// Default [`FetchConfig::hedge_min_delay`] in milliseconds.
+pub const DEFAULT_HEDGE_MIN_DELAY_MS: u64 = 100;
 
 /// Limits, policy and tuning of a [`Fetcher`]. The defaults come from the benchmark in
 /// BENCHMARKS.md (an S3-like store: ~50 MiB/s per connection, ~30 ms to first byte, a few
@@ -89,20 +93,22 @@ pub struct FetchConfig {
     pub read_timeout: Duration,
     /// Which URLs may be fetched.
     pub policy: UrlPolicy,
-    /// Objects at least this large (and larger than one chunk) are fetched in parallel
-    /// ranges. Default 16 MiB.
+    /// Objects at least this large are fetched in parallel ranges. Default 16 MiB.
     pub parallel_threshold: u64,
-    /// Size of each range request. Default 8 MiB.
+    /// Size of each range request. An object smaller than `concurrency` such ranges is
+    /// split into `concurrency` equal ranges instead (not below 1 MiB), so that it still
+    /// uses every connection. Default 16 MiB.
     pub chunk_size: u64,
     /// Range requests in flight at once (hedges come on top). Default 8.
     pub concurrency: usize,
     /// Duplicate straggling requests. Default on.
     pub hedge: bool,
-    /// Hedges allowed per fetch, as a fraction of its chunks (at least 2 per fetch).
-    /// Default 0.1.
+    /// Hedges allowed per fetch, as a fraction of its chunks (at least 4 per fetch).
+    /// Default 0.2: the detectors are relative to the observed latency and throughput, so a
+    /// uniformly slow store triggers few hedges anyway; the budget caps the worst case.
     pub hedge_budget: f64,
     /// A request is never hedged before this much time without a first byte (or this much
-    /// time of receiving, for slowness). Default 150 ms.
+    /// time of receiving, for slowness). Default 100 ms.
     pub hedge_min_delay: Duration,
     /// A request without a first byte after this many times the median time-to-first-byte
     /// is hedged. Default 3.
@@ -137,8 +143,8 @@ impl Default for FetchConfig {
             chunk_size: DEFAULT_CHUNK_SIZE,
             concurrency: DEFAULT_CONCURRENCY,
             hedge: true,
-            hedge_budget: 0.1,
-            hedge_min_delay: Duration::from_millis(150),
+            hedge_budget: DEFAULT_HEDGE_BUDGET,
+            hedge_min_delay: Duration::from_millis(DEFAULT_HEDGE_MIN_DELAY_MS),
             hedge_ttfb_factor: 3.0,
             hedge_slow_factor: 2.0,
             max_chunk_retries: 4,

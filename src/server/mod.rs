@@ -84,6 +84,10 @@ pub struct ServerConfig {
     pub signing_secret: Vec<u8>,
     /// Longest pause allowed between two turns of a stream.
     pub stream_token_ttl: Duration,
+    /// Compress RPC responses (zstd or gzip, as negotiated). When off, the server advertises an
+    /// empty `VGI-Supported-Encodings` and never compresses; compressed requests are still
+    /// decoded.
+    pub response_compression: bool,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +108,7 @@ impl Default for ServerConfig {
                 secret
             },
             stream_token_ttl: Duration::from_secs(3600),
+            response_compression: true,
         }
     }
 }
@@ -278,7 +283,7 @@ async fn stamp_headers(State(st): State<Arc<AppState>>, mut req: Request, next: 
     }
     // Only RPC answers (POST) are compressed; object downloads keep their stored encoding,
     // ranges and lengths.
-    let codec = (req.method() == axum::http::Method::POST)
+    let codec = (st.config.response_compression && req.method() == axum::http::Method::POST)
         .then(|| compress::negotiate(req.headers()))
         .flatten();
     let in_flight = InFlight(metrics::gauge!("spillway_http_requests_in_flight"));
@@ -327,9 +332,15 @@ async fn stamp_headers(State(st): State<Arc<AppState>>, mut req: Request, next: 
         "vgi-externalization-enabled",
         st.externalizer.is_some().to_string(),
     );
+    // Present but empty when compression is off: "speaks no compression", unlike a legacy
+    // server's absent header.
     set(
         "vgi-supported-encodings",
-        compress::RESPONSE_CODECS.join(", "),
+        if cfg.response_compression {
+            compress::RESPONSE_CODECS.join(", ")
+        } else {
+            String::new()
+        },
     );
     set("vgi-max-request-bytes", cfg.max_request_bytes.to_string());
     if st.storage.is_some() {

@@ -276,25 +276,45 @@ pub(crate) fn check_protocol_version(protocol: &Protocol, md: &Metadata) -> Resu
         return Ok(());
     };
     let declared = format!("{major}.{minor}.{patch}");
-    let mismatch = |msg: String| {
+    // The PreconditionFailure names the gated protocol: with several protocols hosted, the
+    // version alone does not say which one refused the call.
+    let mismatch = |msg: String, client: Option<&str>| {
+        let violation = serde_json::json!({
+            "type": "protocol_version",
+            "subject": protocol.name(),
+            "description": format!(
+                "client declares {}, server requires {declared}; major and minor must match",
+                client.unwrap_or("<none>")
+            ),
+        });
         ApiError::client(
             StatusCode::BAD_REQUEST,
             RpcError::new("ProtocolVersionError", msg)
                 .with_code(ErrorCode::FailedPrecondition)
-                .with_kind("protocol_version_mismatch"),
+                .with_kind("protocol_version_mismatch")
+                .with_details(vec![serde_json::json!({
+                    "@type": "vgi_rpc.PreconditionFailure",
+                    "violations": [violation],
+                })]),
         )
     };
     match md.get(keys::PROTOCOL_VERSION) {
-        None => Err(mismatch(format!(
-            "Protocol '{}' requires vgi_rpc.protocol_version (server has {declared})",
-            protocol.name()
-        ))),
+        None => Err(mismatch(
+            format!(
+                "Protocol '{}' requires vgi_rpc.protocol_version (server has {declared})",
+                protocol.name()
+            ),
+            None,
+        )),
         Some(v) => match parse_semver(v) {
             Some((ma, mi, _)) if ma == major && mi == minor => Ok(()),
-            _ => Err(mismatch(format!(
-                "Protocol '{}' version mismatch: client sent {v:?}, server has {declared}",
-                protocol.name()
-            ))),
+            _ => Err(mismatch(
+                format!(
+                    "Protocol '{}' version mismatch: client sent {v:?}, server has {declared}",
+                    protocol.name()
+                ),
+                Some(v),
+            )),
         },
     }
 }
