@@ -23,6 +23,7 @@ mod compress;
 mod emit;
 pub mod ops;
 mod pointers;
+mod reflection;
 mod request;
 mod response;
 mod service;
@@ -139,6 +140,7 @@ pub struct Server {
     protocols: Vec<Protocol>,
     storage: Option<Arc<dyn Storage>>,
     storage_routes: Option<(String, Router)>,
+    reflection: bool,
 }
 
 impl Server {
@@ -149,7 +151,15 @@ impl Server {
             protocols: Vec::new(),
             storage: None,
             storage_routes: None,
+            reflection: false,
         }
+    }
+
+    /// Also serves `vgi_rpc.Reflection.v1` (`list_protocols`, `describe`), which
+    /// `vgi-rpc describe` and the conformance suite use to discover the hosted protocols.
+    pub fn with_reflection(mut self, enabled: bool) -> Self {
+        self.reflection = enabled;
+        self
     }
 
     /// Hosts a protocol. The first one added is the "primary" protocol named by `/health`.
@@ -196,14 +206,20 @@ impl Server {
         let has_storage = self.storage.is_some();
         let tokens =
             tokens::TokenSigner::new(config.signing_secret.clone(), config.stream_token_ttl);
+        let mut protocols: BTreeMap<String, Arc<Protocol>> = self
+            .protocols
+            .into_iter()
+            .map(|p| (p.name().to_string(), Arc::new(p)))
+            .collect();
+        if self.reflection {
+            let hosted: Vec<Arc<Protocol>> = protocols.values().cloned().collect();
+            let r = reflection::protocol(&primary_protocol, &hosted);
+            protocols.insert(r.name().to_string(), Arc::new(r));
+        }
         let state = Arc::new(AppState {
             tokens,
             readiness: ops::Readiness::default(),
-            protocols: self
-                .protocols
-                .into_iter()
-                .map(|p| (p.name().to_string(), Arc::new(p)))
-                .collect(),
+            protocols,
             primary_protocol,
             storage: self.storage,
             externalizer,

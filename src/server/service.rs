@@ -121,6 +121,20 @@ impl Protocol {
         })
     }
 
+    /// A framework protocol under the reserved `vgi_rpc.` prefix (reflection).
+    pub(crate) fn new_reserved(name: &str) -> Self {
+        Protocol {
+            name: name.to_string(),
+            version: None,
+            methods: BTreeMap::new(),
+        }
+    }
+
+    /// Methods by name.
+    pub fn methods(&self) -> impl Iterator<Item = (&str, &Method)> {
+        self.methods.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     /// Declares the protocol's semver (`MAJOR.MINOR.PATCH`); clients must then send a
     /// matching `vgi_rpc.protocol_version` (major and minor equal).
     pub fn with_version(mut self, version: &str) -> Result<Self> {
