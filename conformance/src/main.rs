@@ -44,7 +44,8 @@ async fn run(flags: Flags) -> Result<()> {
         storage.clone(),
         flags.object_compression()?,
     ));
-    let mut server = Server::new(config);
+    // The reference worker runs with enable_describe=True: reflection is always on.
+    let mut server = Server::new(config).with_reflection(true);
     for protocol in protocols(&worker)? {
         server = server.with_protocol(protocol);
     }

@@ -206,14 +206,14 @@ impl Server {
         let has_storage = self.storage.is_some();
         let tokens =
             tokens::TokenSigner::new(config.signing_secret.clone(), config.stream_token_ttl);
-        let mut protocols: BTreeMap<String, Arc<Protocol>> = self
-            .protocols
-            .into_iter()
-            .map(|p| (p.name().to_string(), Arc::new(p)))
+        // Registration order is kept for reflection's listing.
+        let hosted: Vec<Arc<Protocol>> = self.protocols.into_iter().map(Arc::new).collect();
+        let mut protocols: BTreeMap<String, Arc<Protocol>> = hosted
+            .iter()
+            .map(|p| (p.name().to_string(), p.clone()))
             .collect();
         if self.reflection {
-            let hosted: Vec<Arc<Protocol>> = protocols.values().cloned().collect();
-            let r = reflection::protocol(&primary_protocol, &hosted);
+            let r = reflection::protocol(&config.server_id, &primary_protocol, &hosted);
             protocols.insert(r.name().to_string(), Arc::new(r));
         }
         let state = Arc::new(AppState {
