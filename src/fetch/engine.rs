@@ -41,7 +41,7 @@ const MIN_RATE_SAMPLE_BYTES: u64 = 256 * 1024;
 /// Smallest range an object is split into to use every connection.
 const MIN_SPLIT_CHUNK: u64 = 1024 * 1024;
 /// Events buffered between request tasks and the driver.
-const EVENT_QUEUE: usize = 256;
+const EVENT_QUEUE: usize = 64;
 
 /// What the caller wants back.
 #[derive(Debug, Clone, Copy)]
