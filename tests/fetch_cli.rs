@@ -96,7 +96,7 @@ fn call_fetches_a_large_result_in_ranges_and_summarizes() {
             .unwrap_or_else(|| panic!("no summary in {stderr}"))
             .to_string()
     };
-    // Default tuning: 20 MB is above the 16 MiB threshold: 8 ranges of 2.4 MB.
+    // Default tuning: 20 MB is above the 8 MiB threshold: 8 ranges of 2.5 MB.
     let summary = run(&[]);
     assert!(summary.contains("19.1 MiB stored"), "{summary}");
     assert_eq!(chunks_in(&summary), 8, "{summary}");

@@ -505,6 +505,27 @@ async fn zstd_bomb_is_refused_before_download_completes() {
     assert_eq!(e.range_gets(), before);
 }
 
+#[tokio::test]
+async fn unknown_encodings_fail_before_any_data_request() {
+    let e = env().await;
+    let body = data(26, SIZE);
+    let (_, url) = e.put(body.clone(), Some("br")).await;
+    let err = no_hang(fetcher(|_| {}).resolve(&pointer(&url, None), None))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("unsupported content-encoding"),
+        "{err}"
+    );
+    assert_eq!(e.range_gets(), 0, "the probe was enough to refuse it");
+    // The raw bytes are still available to whoever can decode them.
+    let (o, _) = no_hang(fetcher(|_| {}).fetch_with_stats(&url, None))
+        .await
+        .unwrap();
+    assert!(o.encoded == body);
+    assert_eq!(o.content_encoding.as_deref(), Some("br"));
+}
+
 fn replace_hook(store: Arc<LocalStore>, key: ObjectKey, bytes: Vec<u8>) -> Fault {
     Fault::Hook(Arc::new(move || {
         let store = store.clone();

@@ -593,11 +593,12 @@ impl<'a> Driver<'a> {
     /// Size (possibly still unknown) and encoding are settled: allocate the buffer and start
     /// the sink.
     fn set_layout(&mut self) -> Result<()> {
-        let encoding = Encoding::parse(self.encoding.as_deref())?;
         let mode = match self.output {
+            // Raw bytes are returned whatever their encoding.
             Output::Raw => SinkMode::Raw,
             Output::Decoded { hash } => SinkMode::Decode {
-                encoding,
+                // An encoding we cannot decode fails here, before any data is requested.
+                encoding: Encoding::parse(self.encoding.as_deref())?,
                 max_decoded: self.cfg.max_decompressed_bytes,
                 hash,
             },

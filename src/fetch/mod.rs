@@ -63,8 +63,8 @@ pub type ProgressFn = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
 pub const DEFAULT_CHUNK_SIZE: u64 = 16 * 1024 * 1024;
 /// Default [`FetchConfig::concurrency`].
 pub const DEFAULT_CONCURRENCY: usize = 8;
-/// Default [`FetchConfig::parallel_threshold`]: 16 MiB.
-pub const DEFAULT_PARALLEL_THRESHOLD: u64 = 16 * 1024 * 1024;
+/// Default [`FetchConfig::parallel_threshold`]: 8 MiB.
+pub const DEFAULT_PARALLEL_THRESHOLD: u64 = 8 * 1024 * 1024;
 /// Default [`FetchConfig::hedge_budget`].
 pub const DEFAULT_HEDGE_BUDGET: f64 = 0.2;
 /// Default [`FetchConfig::hedge_min_delay`] in milliseconds.
@@ -93,7 +93,7 @@ pub struct FetchConfig {
     pub read_timeout: Duration,
     /// Which URLs may be fetched.
     pub policy: UrlPolicy,
-    /// Objects at least this large are fetched in parallel ranges. Default 16 MiB.
+    /// Objects at least this large are fetched in parallel ranges. Default 8 MiB.
     pub parallel_threshold: u64,
     /// Size of each range request. An object smaller than `concurrency` such ranges is
     /// split into `concurrency` equal ranges instead (not below 1 MiB), so that it still
