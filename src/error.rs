@@ -180,7 +180,7 @@ impl Error {
             cause = s.to_string();
             src = s.source();
         }
-        let cause = crate::redact::redact_text(&cause);
+        let cause = spillway_storage::redact_text(&cause);
         if cause.contains("URL rejected") {
             return Error::UrlRejected { url, reason: cause };
         }

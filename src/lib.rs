@@ -24,7 +24,6 @@ pub mod error;
 pub mod externalize;
 pub mod fetch;
 pub mod object;
-mod redact;
 pub mod serve;
 pub mod server;
 pub mod url_policy;

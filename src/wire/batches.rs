@@ -46,6 +46,8 @@ pub mod keys {
     pub const STREAM_STATE: &str = "vgi_rpc.stream_state#b64";
     /// Stream call token.
     pub const CALL_STATE: &str = "vgi_rpc.call_state#b64";
+    /// On an exchange input batch: the client ends the stream.
+    pub const CANCEL: &str = "vgi_rpc.cancel";
 }
 
 /// The value of `vgi_rpc.request_version` this implementation speaks.

@@ -1,7 +1,9 @@
 //! The vgi-rpc 0.52 wire format: IPC framing with per-message metadata, and the protocol's
-//! special batches (pointers, logs, errors).
+//! special batches (pointers, logs, errors); [`http`] holds the HTTP vocabulary (headers,
+//! routes, bounds, normalizations) that the client and the server share.
 
 mod batches;
+pub mod http;
 mod ipc;
 
 pub use batches::{

@@ -28,6 +28,12 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use url::Url;
 
+mod body;
+mod redact;
+
+pub use body::{collect_capped, CappedError};
+pub use redact::{redact_text, redact_url};
+
 /// Errors every storage backend reports. Messages are lowercase and never contain signed query
 /// strings or credentials.
 #[derive(Debug, thiserror::Error)]
@@ -404,29 +410,6 @@ pub struct StoreSettings {
     pub max_object_bytes: u64,
 }
 
-/// `scheme://host[:port]/path`: a URL with its query string (signatures, credentials), user
-/// info and fragment removed. Use it for every URL that reaches an error, a log line or a metric.
-///
-/// ```
-/// assert_eq!(
-///     spillway_storage::redact_url("https://b.s3.amazonaws.com/k?X-Amz-Signature=abc"),
-///     "https://b.s3.amazonaws.com/k"
-/// );
-/// assert_eq!(spillway_storage::redact_url("not a url?sig=1"), "<unparseable url>");
-/// ```
-pub fn redact_url(raw: &str) -> String {
-    match Url::parse(raw) {
-        Ok(mut u) => {
-            u.set_query(None);
-            u.set_fragment(None);
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Err(_) => "<unparseable url>".to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,11 +441,5 @@ mod tests {
         validate_key_prefix("spillway/").unwrap();
         assert!(validate_key_prefix("../").is_err());
         assert!(validate_key_prefix("/x/").is_err());
-    }
-
-    #[test]
-    fn redaction_removes_credentials_and_query() {
-        let r = redact_url("https://user:pw@h:8443/a/b?X-Amz-Credential=AK&X-Amz-Signature=s#f");
-        assert_eq!(r, "https://h:8443/a/b");
     }
 }

@@ -1,0 +1,94 @@
+//! Test support shared by every test crate of the workspace.
+//!
+//! The one rule for tests that need an outside server (LocalStack, the GCS emulator, the Python
+//! reference): without its environment variable a test is *skipped* with a loud message, unless
+//! `SPILLWAY_REQUIRE_SERVERS=1` (set by `./scripts/test.sh` and so by CI), where it *fails*.
+//! A test never passes silently for lack of its server.
+
+/// The variable that turns a missing test server from a skip into a failure.
+pub const REQUIRE_SERVERS: &str = "SPILLWAY_REQUIRE_SERVERS";
+
+/// Whether missing test servers are failures (`SPILLWAY_REQUIRE_SERVERS=1`).
+pub fn servers_required() -> bool {
+    std::env::var(REQUIRE_SERVERS).is_ok_and(|v| v == "1")
+}
+
+/// The value of `var`, which names the server `what` (e.g. "LocalStack"); `None` (with a
+/// message on stderr) when it is unset or empty, so the caller returns early and the test is
+/// reported skipped.
+///
+/// # Panics
+/// When the variable is missing and [`servers_required`]: the test must not pass without its
+/// server.
+///
+/// ```
+/// let endpoint = spillway_test_support::require_env("SPILLWAY_TEST_NO_SUCH_VAR", "nothing");
+/// # if !spillway_test_support::servers_required() {
+/// assert!(endpoint.is_none());
+/// # }
+/// ```
+pub fn require_env(var: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            skip_or_fail(&format!("{var} is not set ({what})"));
+            None
+        }
+    }
+}
+
+/// Every variable of `vars` (all needed for the server `what`), or `None` as [`require_env`].
+pub fn require_envs<const N: usize>(vars: [&str; N], what: &str) -> Option<[String; N]> {
+    let values: Vec<Option<String>> = vars
+        .iter()
+        .map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .collect();
+    if values.iter().all(Option::is_some) {
+        let mut out: [String; N] = std::array::from_fn(|_| String::new());
+        for (slot, v) in out.iter_mut().zip(values) {
+            *slot = v.unwrap_or_default();
+        }
+        return Some(out);
+    }
+    let missing: Vec<&str> = vars
+        .iter()
+        .zip(&values)
+        .filter(|(_, v)| v.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    skip_or_fail(&format!("{} not set ({what})", missing.join(", ")));
+    None
+}
+
+/// Reports a test that cannot run here: a failure when servers are required, else a skip
+/// message on stderr.
+///
+/// # Panics
+/// When [`servers_required`].
+pub fn skip_or_fail(reason: &str) {
+    if servers_required() {
+        panic!("{REQUIRE_SERVERS}=1 but {reason}: run ./scripts/test.sh, which starts the test servers");
+    }
+    eprintln!("\n*** SKIPPED: {reason}. Run ./scripts/test.sh to run this test. ***\n");
+}
+
+/// `len` bytes of a repeatable pseudo-random sequence (xorshift64*, seeded): test payloads
+/// that do not compress away and that a reader can regenerate to verify.
+///
+/// ```
+/// let a = spillway_test_support::generated_bytes(1000, 7);
+/// assert_eq!(a, spillway_test_support::generated_bytes(1000, 7));
+/// assert_ne!(a, spillway_test_support::generated_bytes(1000, 8));
+/// ```
+pub fn generated_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
