@@ -30,7 +30,7 @@ const NESTED_LIMITS: ReadLimits = ReadLimits {
 };
 
 /// Reads a dataclass value: one IPC stream, one batch of one row, on `schema`.
-pub fn decode_dataclass(
+pub(crate) fn decode_dataclass(
     bytes: &[u8],
     schema: &SchemaRef,
     name: &str,
@@ -49,7 +49,7 @@ pub fn decode_dataclass(
 }
 
 /// Writes a one-row batch as a dataclass value.
-pub fn encode_dataclass(batch: &RecordBatch) -> Result<Vec<u8>, RpcError> {
+pub(crate) fn encode_dataclass(batch: &RecordBatch) -> Result<Vec<u8>, RpcError> {
     write_stream(batch.schema_ref(), &[MetaBatch::plain(batch.clone())])
         .map_err(|e| RpcError::internal(format!("serializing a dataclass: {e}")))
 }

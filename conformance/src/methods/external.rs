@@ -20,7 +20,7 @@ use super::{Registrar, Worker};
 use crate::error::Result;
 
 /// Largest result `oversized_unary` builds (the suite asks for at most a few MiB).
-pub const MAX_OVERSIZED_BYTES: i64 = 256 * 1024 * 1024;
+pub(crate) const MAX_OVERSIZED_BYTES: i64 = 256 * 1024 * 1024;
 
 /// How long a published reference's download URL is promised to work: the cache lives as long
 /// as the process, which is one test session.
@@ -63,7 +63,7 @@ impl Published {
 
 /// Writes `batch` (one row) as one IPC stream, compressed as the worker compresses objects,
 /// and returns its download URL and digest: what vgi-rpc's `publish_external` does.
-pub async fn publish(
+pub(crate) async fn publish(
     batch: RecordBatch,
     storage: &Arc<dyn Storage>,
     compression: Compression,

@@ -18,7 +18,7 @@ use super::streams::batch_on;
 use super::values::STATUS_MEMBERS;
 
 /// `ConformanceHeader(total_expected, description)`.
-pub fn conformance_header(
+pub(crate) fn conformance_header(
     schema: &SchemaRef,
     total_expected: i64,
     description: &str,
@@ -117,7 +117,7 @@ fn add(a: i64, b: i64) -> Result<i64, RpcError> {
 
 /// The reference's `build_rich_header(seed)`, field by field (Python's `%` is floored, hence
 /// `rem_euclid`).
-pub fn rich_header(schema: &SchemaRef, seed: i64) -> Result<RecordBatch, RpcError> {
+pub(crate) fn rich_header(schema: &SchemaRef, seed: i64) -> Result<RecordBatch, RpcError> {
     let t = |name: &str| field_type(schema, name);
     let s = seed as f64;
     let byte = |k: i64| -> Result<u8, RpcError> {

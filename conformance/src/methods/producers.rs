@@ -15,13 +15,13 @@ use crate::catalog::{MethodSchemas, StreamVariant};
 use crate::error::{Error, Result};
 
 /// Most rows one batch may hold (the reference would run out of memory instead).
-pub const MAX_ROWS_PER_BATCH: i64 = 16 * 1024 * 1024;
+pub(crate) const MAX_ROWS_PER_BATCH: i64 = 16 * 1024 * 1024;
 
 /// The tick metadata key `produce_tick_metadata` reports.
 const TICK_KEY: &str = "vgi.conformance.tick";
 
 /// The constant label of `produce_annotated_batches`, deliberately non-ASCII.
-pub const ANNOTATED_EMIT_LABEL: &str = "\u{00fc}n\u{00ef}code-\u{03bb}";
+pub(crate) const ANNOTATED_EMIT_LABEL: &str = "\u{00fc}n\u{00ef}code-\u{03bb}";
 
 /// `count` and how far the stream got: the state of most producers (`CounterState`,
 /// `HeaderProducerState`, `LoggingProducerState`, ...).

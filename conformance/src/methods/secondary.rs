@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::pyrepr::str_repr;
 
 /// What `echo_string` prepends, so that a mis-routed call is a wrong answer.
-pub const ECHO_PREFIX: &str = "secondary:";
+pub(crate) const ECHO_PREFIX: &str = "secondary:";
 
 /// The error type the reference's `StatusError` carries on the wire.
 const STATUS_ERROR: &str = "StatusError";

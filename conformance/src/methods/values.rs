@@ -14,7 +14,7 @@ use crate::error::Result;
 
 /// The members of the reference's `Status` enum, by name (enums travel as their member name in
 /// a `dictionary(int16, utf8)` column).
-pub const STATUS_MEMBERS: &[&str] = &["PENDING", "ACTIVE", "CLOSED"];
+pub(crate) const STATUS_MEMBERS: &[&str] = &["PENDING", "ACTIVE", "CLOSED"];
 
 pub(super) fn register(r: Registrar, _worker: &Arc<Worker>) -> Result<Registrar> {
     r.sync("add_floats", |call| {
@@ -42,7 +42,7 @@ pub(super) fn register(r: Registrar, _worker: &Arc<Worker>) -> Result<Registrar>
 /// Checks that every `Status` value in `array` (a dictionary column, or a list or map of them)
 /// is a member: what the reference's `isinstance(x, Status)` checks after decoding. Fails with
 /// `TypeError: {message}`.
-pub fn check_statuses(array: &ArrayRef, message: &str) -> Result<(), RpcError> {
+pub(crate) fn check_statuses(array: &ArrayRef, message: &str) -> Result<(), RpcError> {
     let fail = || type_error(message);
     match array.data_type() {
         DataType::List(_) => check_statuses(array.as_list::<i32>().values(), message),
@@ -65,7 +65,7 @@ pub fn check_statuses(array: &ArrayRef, message: &str) -> Result<(), RpcError> {
 }
 
 /// The `Status` names in a dictionary column (or list of them), in order.
-pub fn status_names(array: &ArrayRef) -> Result<Vec<String>, RpcError> {
+pub(crate) fn status_names(array: &ArrayRef) -> Result<Vec<String>, RpcError> {
     let fail = || type_error("expected Status members");
     let dict = array.as_dictionary_opt::<Int16Type>().ok_or_else(fail)?;
     let names = dict.values().as_string_opt::<i32>().ok_or_else(fail)?;
