@@ -39,42 +39,9 @@ PIDFILE="$TOOLS_DIR/gcs-emulator-$PORT.pid"
 LOG="${SPILLWAY_GCS_EMULATOR_LOG:-$TOOLS_DIR/gcs-emulator-$PORT.log}"
 LAUNCHER="$VENV/spillway_gcs_emulator.py"
 
-say() { echo "gcs-emulator: $*" >&2; }
-die() {
-  say "error: $*"
-  exit 1
-}
-
-new_enough() {
-  "$1" -c "import sys; sys.exit(sys.version_info < (3, $MIN_MINOR))" >/dev/null 2>&1
-}
-
-find_python() {
-  local cand
-  if [ -n "${SPILLWAY_PYTHON:-}" ]; then
-    new_enough "$SPILLWAY_PYTHON" && { echo "$SPILLWAY_PYTHON"; return 0; }
-    say "SPILLWAY_PYTHON=$SPILLWAY_PYTHON is not a working Python >= 3.$MIN_MINOR"
-    return 1
-  fi
-  for cand in python3.13 python3.12 python3.11 python3.10 python3; do
-    # A pyenv shim for a version that is not selected is on PATH but fails to run.
-    if command -v "$cand" >/dev/null 2>&1 && new_enough "$cand"; then
-      command -v "$cand"
-      return 0
-    fi
-  done
-  local root="${PYENV_ROOT:-$HOME/.pyenv}"
-  if [ -d "$root/versions" ]; then
-    while IFS= read -r cand; do
-      if [ -x "$cand" ] && new_enough "$cand"; then
-        echo "$cand"
-        return 0
-      fi
-    done < <(printf '%s\n' "$root"/versions/3.*/bin/python3 | sort -V -r)
-  fi
-  say "no Python >= 3.$MIN_MINOR found (install one, e.g. 'pyenv install 3.12', or set SPILLWAY_PYTHON)"
-  return 1
-}
+SCRIPT_TAG=gcs-emulator
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 venv_ok() {
   [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$EMULATOR_VERSION" >/dev/null 2>&1 <<'EOF'
@@ -89,7 +56,8 @@ EOF
 install() {
   if ! venv_ok; then
     local py
-    py="$(find_python)" || exit 1
+    py="$(find_python "$MIN_MINOR" SPILLWAY_PYTHON python3.13 python3.12 python3.11 python3.10 python3)" ||
+      exit 1
     say "installing gcp-storage-emulator==$EMULATOR_VERSION into $VENV (with $py)"
     mkdir -p "$TOOLS_DIR"
     "$py" -m venv --clear "$VENV" >&2 || die "'$py -m venv' failed (Debian: install python3.X-venv)"
@@ -180,46 +148,14 @@ EOF
   mv "$LAUNCHER.tmp" "$LAUNCHER"
 }
 
-# stop_pidfile: stop the process whose id is in the pid file (only that one), then remove it.
-stop_pidfile() {
-  local pid
-  [ -f "$PIDFILE" ] || return 0
-  pid="$(cat "$PIDFILE")"
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$PIDFILE"
-}
-
-# wait_ready: poll the health endpoint until it answers, the process dies, or 30 s pass.
-wait_ready() {
-  local pid="$1"
-  "$VENV/bin/python" - "$PORT" "$pid" <<'EOF' || return 1
-import os
+# ready: the emulator answers its health endpoint with "OK".
+ready() {
+  "$VENV/bin/python" - "$PORT" >/dev/null 2>&1 <<'EOF'
 import sys
-import time
 import urllib.request
 
-port, pid = int(sys.argv[1]), int(sys.argv[2])
-deadline = time.monotonic() + 30
-while time.monotonic() < deadline:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        sys.exit("the emulator exited during startup")
-    try:
-        with urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=1) as r:
-            if r.read() == b"OK":
-                sys.exit(0)
-    except OSError:
-        pass
-    time.sleep(0.1)
-sys.exit("timed out after 30s waiting for the emulator")
+with urllib.request.urlopen("http://127.0.0.1:%d/" % int(sys.argv[1]), timeout=1) as r:
+    sys.exit(0 if r.read() == b"OK" else 1)
 EOF
 }
 
@@ -228,7 +164,7 @@ case "${1:-}" in
     shift
     [ "$#" -gt 0 ] || set -- spillway-dev
     install
-    stop_pidfile
+    stop_pidfile "$PIDFILE" 5
     # Something else answering on the port would pass the readiness check below.
     if "$VENV/bin/python" -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$PORT" 2>/dev/null; then
       die "port $PORT is already in use (set SPILLWAY_GCS_EMULATOR_PORT)"
@@ -236,14 +172,14 @@ case "${1:-}" in
     mkdir -p "$TOOLS_DIR"
     nohup "$VENV/bin/python" "$LAUNCHER" 127.0.0.1 "$PORT" "$@" >"$LOG" 2>&1 &
     echo $! >"$PIDFILE"
-    if ! wait_ready "$(cat "$PIDFILE")"; then
+    if ! wait_for "$(cat "$PIDFILE")" 30 ready; then
       tail -20 "$LOG" >&2 || true
-      stop_pidfile
+      stop_pidfile "$PIDFILE" 5
       die "the emulator did not start (log: $LOG)"
     fi
     say "ready on http://127.0.0.1:$PORT (buckets: ${*:-none}; log: $LOG)"
     ;;
-  stop) stop_pidfile ;;
+  stop) stop_pidfile "$PIDFILE" 5 ;;
   env)
     cat <<EOF
 export SPILLWAY_STORAGE=gcs

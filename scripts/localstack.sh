@@ -23,42 +23,9 @@ LOG="$TOOLS_DIR/localstack-$PORT.log"
 # LocalStack's own directories (state, temp files, init hooks) for this instance only.
 FS_ROOT="$TOOLS_DIR/localstack-$PORT-fs"
 MIN_MINOR=12
-
-say() { echo "localstack: $*" >&2; }
-die() {
-  say "error: $*"
-  exit 1
-}
-
-new_enough() {
-  "$1" -c "import sys; sys.exit(sys.version_info < (3, $MIN_MINOR))" >/dev/null 2>&1
-}
-
-# A Python >= 3.$MIN_MINOR: $SPILLWAY_PYTHON, then PATH, then pyenv's versions (not on PATH
-# unless selected).
-find_python() {
-  local cand
-  if [ -n "${SPILLWAY_PYTHON:-}" ] && new_enough "$SPILLWAY_PYTHON"; then
-    echo "$SPILLWAY_PYTHON"
-    return 0
-  fi
-  for cand in python3.13 python3.12 python3.14 python3; do
-    if command -v "$cand" >/dev/null 2>&1 && new_enough "$cand"; then
-      command -v "$cand"
-      return 0
-    fi
-  done
-  local root="${PYENV_ROOT:-$HOME/.pyenv}"
-  if [ -d "$root/versions" ]; then
-    while IFS= read -r cand; do
-      if [ -x "$cand" ] && new_enough "$cand"; then
-        echo "$cand"
-        return 0
-      fi
-    done < <(printf '%s\n' "$root"/versions/3.*/bin/python3 | sort -V -r)
-  fi
-  die "no Python >= 3.$MIN_MINOR found (install one, e.g. 'pyenv install 3.12', or set SPILLWAY_PYTHON)"
-}
+SCRIPT_TAG=localstack
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 venv_ok() {
   [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import localstack.runtime.main, service_identity, OpenSSL, cbor2" >/dev/null 2>&1
@@ -67,7 +34,8 @@ venv_ok() {
 install() {
   venv_ok && return 0
   local py
-  py="$(find_python)"
+  py="$(find_python "$MIN_MINOR" SPILLWAY_PYTHON python3.13 python3.12 python3.14 python3)" ||
+    die "localstack-core $VERSION needs a Python >= 3.$MIN_MINOR"
   mkdir -p "$TOOLS_DIR"
   say "installing localstack-core $VERSION into $VENV (with $py)"
   "$py" -m venv --clear "$VENV" >&2 || die "'$py -m venv' failed"
@@ -80,21 +48,8 @@ install() {
   venv_ok || die "the venv at $VENV is incomplete after installing; remove it and retry"
 }
 
-# Stops the process whose id is in the pid file (only that one), then removes the file.
-stop() {
-  local pid
-  [ -f "$PIDFILE" ] || return 0
-  pid="$(cat "$PIDFILE")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid"
-    for _ in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-  fi
-  rm -f "$PIDFILE"
-}
+# Stops the instance of this port (by its pid file, only that process).
+stop() { stop_pidfile "$PIDFILE" 10; }
 
 ready() {
   "$VENV/bin/python" - "http://127.0.0.1:$PORT/_localstack/health" >/dev/null 2>&1 <<'PY'
@@ -122,14 +77,10 @@ start() {
     nohup "$VENV/bin/python" -m localstack.runtime.main >"$LOG" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
   # A bounded poll: the gateway takes a few seconds to come up.
-  for _ in $(seq 1 600); do
-    ready && {
-      say "s3 ready on http://127.0.0.1:$PORT (log: $LOG)"
-      return 0
-    }
-    kill -0 "$(cat "$PIDFILE")" 2>/dev/null || break
-    sleep 0.1
-  done
+  if wait_for "$(cat "$PIDFILE")" 60 ready; then
+    say "s3 ready on http://127.0.0.1:$PORT (log: $LOG)"
+    return 0
+  fi
   tail -n 30 "$LOG" >&2
   stop
   die "localstack did not become ready within 60 s"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command: every test in the workspace, against real servers.
 #
-#   ./scripts/test.sh                       all tests
-#   ./scripts/test.sh --test python_interop one test target (arguments go to `cargo test`)
-#   ./scripts/test.sh -- --nocapture        show the tests' output
+#   ./scripts/test.sh                                   all tests
+#   ./scripts/test.sh --test servers python_interop::   one module of one test binary (the root
+#                                                       tests are the binaries integration, servers
+#                                                       and fetch_metrics; arguments go to `cargo test`)
+#   ./scripts/test.sh -- --nocapture                    show the tests' output
 #
 # Each suite's setup lives in scripts/test.d/, run in name order:
 #   NN-name.env.sh    sourced before `cargo test`: installs and starts a server (LocalStack,

@@ -18,47 +18,16 @@ MIN_MINOR=13 # Python 3.13
 TOOLS_DIR="${SPILLWAY_TOOLS_DIR:-$HOME/.cache/spillway-tools}"
 VENV="$TOOLS_DIR/vgi-rpc-$VGI_RPC_VERSION-venv"
 
-say() { echo "vgi-reference: $*" >&2; }
-die() {
-  say "error: $*"
-  exit 1
-}
-
-# True if $1 runs and is Python >= 3.$MIN_MINOR.
-new_enough() {
-  "$1" -c "import sys; sys.exit(sys.version_info < (3, $MIN_MINOR))" >/dev/null 2>&1
-}
+SCRIPT_TAG=vgi-reference
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Print a Python interpreter of at least 3.$MIN_MINOR, or fail with a message saying what to do.
-find_python() {
-  local cand
-  if [ -n "${SPILLWAY_PYTHON:-}" ]; then
-    new_enough "$SPILLWAY_PYTHON" && { echo "$SPILLWAY_PYTHON"; return 0; }
-    say "SPILLWAY_PYTHON=$SPILLWAY_PYTHON is not a working Python >= 3.$MIN_MINOR"
+vgi_python() {
+  find_python "$MIN_MINOR" SPILLWAY_PYTHON python3.14 python3.13 python3 || {
+    say "vgi-rpc $VGI_RPC_VERSION requires it."
     return 1
-  fi
-  for cand in python3.14 python3.13 python3; do
-    # A pyenv shim for a version that is not selected is on PATH but fails to run: new_enough
-    # rejects it and the loop goes on.
-    if command -v "$cand" >/dev/null 2>&1 && new_enough "$cand"; then
-      command -v "$cand"
-      return 0
-    fi
-  done
-  # pyenv installs versions that are not on PATH unless selected; newest first.
-  local root="${PYENV_ROOT:-$HOME/.pyenv}"
-  if [ -d "$root/versions" ]; then
-    while IFS= read -r cand; do
-      if [ -x "$cand" ] && new_enough "$cand"; then
-        echo "$cand"
-        return 0
-      fi
-    done < <(printf '%s\n' "$root"/versions/3.*/bin/python3 | sort -V -r)
-  fi
-  say "no Python >= 3.$MIN_MINOR found (vgi-rpc $VGI_RPC_VERSION requires it)."
-  say "  looked for: \$SPILLWAY_PYTHON, python3.14/python3.13/python3 on PATH, $root/versions/3.*"
-  say "  install one (e.g. 'pyenv install 3.13'), or point SPILLWAY_PYTHON at one."
-  return 1
+  }
 }
 
 # True if the venv is complete: the pinned vgi-rpc with its http/external extras, pytest and
@@ -81,7 +50,7 @@ EOF
 install() {
   venv_ok && return 0
   local py
-  py="$(find_python)" || exit 1
+  py="$(vgi_python)" || exit 1
   say "installing vgi-rpc[http,external]==$VGI_RPC_VERSION and pytest into $VENV"
   say "  with $py ($("$py" -c 'import platform; print(platform.python_version())'))"
   mkdir -p "$TOOLS_DIR"
@@ -103,7 +72,7 @@ case "${1:-}" in
     echo "$VENV/bin/python"
     ;;
   install) install ;;
-  find-python) find_python ;;
+  find-python) vgi_python ;;
   *)
     echo "usage: $0 python|install|find-python" >&2
     exit 2

@@ -1,87 +1,12 @@
 //! The `spillway` binary: `serve` with no configuration, `call` against it, and one-line errors.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_spillway");
-
-struct Served {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `spillway serve` with only the listen address and a private object directory set (so
-/// parallel tests do not share one), waiting for its startup line.
-fn serve(extra_env: &[(&str, &str)]) -> Served {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SPILLWAY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SPILLWAY_LOCAL_DIR", dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains("spillway serving") => break,
-            Ok(_) => continue,
-            Err(_) => panic!("spillway serve did not start"),
-        }
-    }
-    Served {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    }
-}
-
-fn call(url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("call")
-        .arg("--url")
-        .arg(url)
-        .args(args)
-        .env_remove("SPILLWAY_PREFIX")
-        .output()
-        .unwrap()
-}
+use crate::common::{call, free_port, spawn_and_wait, ServedBinary, BIN};
 
 #[test]
 fn serve_with_no_configuration_and_call_shows_an_externalized_result() {
-    let s = serve(&[]);
+    let s = ServedBinary::start(&[]);
     let out = call(&s.url, &["spillway.Demo.v1.blob", "size=2000000"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -115,7 +40,7 @@ fn serve_with_no_configuration_and_call_shows_an_externalized_result() {
 
 #[test]
 fn errors_are_one_line_without_backtrace() {
-    let s = serve(&[]);
+    let s = ServedBinary::start(&[]);
     let closed = "http://127.0.0.1:1".to_string();
     for (url, args) in [
         (&s.url, vec!["spillway.Demo.v1.nope"]),
@@ -160,24 +85,19 @@ fn bad_configuration_is_refused_at_start() {
 
 #[test]
 fn settings_come_from_env_and_flags_override() {
-    let s = serve(&[("SPILLWAY_THRESHOLD_BYTES", "100000000")]);
+    let s = ServedBinary::start(&[("SPILLWAY_THRESHOLD_BYTES", "100000000")]);
     let out = call(&s.url, &["spillway.Demo.v1.blob", "size=2000000"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("inline result"));
     drop(s);
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--threshold-bytes", "1000"])
-        .env("SPILLWAY_THRESHOLD_BYTES", "100000000")
-        .env("SPILLWAY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SPILLWAY_LOCAL_DIR", dir.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let started = lines.any(|l| l.map(|l| l.contains("spillway serving")).unwrap_or(false));
-    assert!(started);
+    let mut child = spawn_and_wait(
+        Command::new(BIN)
+            .args(["serve", "--threshold-bytes", "1000"])
+            .env("SPILLWAY_THRESHOLD_BYTES", "100000000")
+            .env("SPILLWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SPILLWAY_LOCAL_DIR", dir.path()),
+    );
     let out = call(
         &format!("http://127.0.0.1:{port}"),
         &["spillway.Demo.v1.blob", "size=5000"],

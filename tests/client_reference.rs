@@ -3,8 +3,8 @@
 //! - `reference_*` tests run against the Python reference worker (vgi-rpc 0.52.2,
 //!   `vgi_rpc.conformance.client_worker --external`). They need the environment variable
 //!   `SPILLWAY_VGI_PYTHON` naming a Python with vgi-rpc installed
-//!   (`scripts/vgi-reference.sh python` prints one); without it they print a
-//!   message and pass without doing anything.
+//!   (`scripts/vgi-reference.sh python` prints one); without it they say they are skipped,
+//!   unless `SPILLWAY_REQUIRE_SERVERS=1` or `SPILLWAY_REQUIRE_PYTHON=1`, where they fail.
 //! - `mock_*` tests run against a small in-process axum server that produces what the
 //!   reference worker never does (compressed responses, 413 without pre-flight, JSON errors).
 
@@ -18,13 +18,15 @@ use arrow_array::cast::AsArray;
 use arrow_array::{BinaryArray, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
-use spillway::client::{CallRequest, Client, ClientConfig};
+use spillway::client::{CallRequest, Client, ClientConfig, ClientStream};
 use spillway::fetch::FetchConfig;
 use spillway::url_policy::UrlPolicy;
 use spillway::wire::{
     keys, read_stream, write_stream, LogMessage, MetaBatch, Metadata, ReadLimits, RpcError,
 };
 use spillway::Error;
+
+use crate::common::{generated_bytes, no_params, vgi_python};
 
 const PROTOCOL: &str = "ClientConformanceService";
 
@@ -47,18 +49,7 @@ impl Drop for Worker {
 
 /// Starts the worker, or returns `None` (after saying why) when `SPILLWAY_VGI_PYTHON` is unset.
 fn start_worker() -> Option<Worker> {
-    let Some(python) = std::env::var_os("SPILLWAY_VGI_PYTHON") else {
-        assert!(
-            std::env::var("SPILLWAY_REQUIRE_PYTHON").as_deref() != Ok("1"),
-            "SPILLWAY_REQUIRE_PYTHON=1 but SPILLWAY_VGI_PYTHON is not set"
-        );
-        eprintln!(
-            "SPILLWAY_VGI_PYTHON is not set: skipping the test against the Python reference \
-             server (set it to the python printed by \
-             `scripts/vgi-reference.sh python`)"
-        );
-        return None;
-    };
+    let python = vgi_python()?;
     let mut child = Command::new(&python)
         .args([
             "-m",
@@ -75,7 +66,7 @@ fn start_worker() -> Option<Worker> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.to_string_lossy()));
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
     let stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
     let (tx, rx) = mpsc::channel::<u16>();
@@ -155,15 +146,25 @@ fn expected_large_response(size: usize) -> Vec<u8> {
 
 /// Deterministic bytes that do not compress.
 fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    generated_bytes(len, 1)
+}
+
+/// `result` failed with [`Error::TooLarge`] of the limit `name`, which is `value`.
+fn assert_too_large<T: std::fmt::Debug>(result: Result<T, Error>, name: &str, value: u64) {
+    match result {
+        Err(Error::TooLarge {
+            limit_name, limit, ..
+        }) => assert_eq!((limit_name, limit), (name, value)),
+        other => panic!("expected a {name} error, got {other:?}"),
+    }
+}
+
+/// Opens the stream `method` of the conformance service.
+async fn open(client: &Client, method: &str, params: RecordBatch) -> ClientStream {
+    client
+        .open_stream(CallRequest::new(PROTOCOL, method, params))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -290,18 +291,10 @@ async fn reference_echo_bytes_goes_through_upload_urls() {
 
     // Without the upload flow the server's 413 surfaces as a size error.
     let no_upload = reference_client(&worker, |c| c.upload_large_requests = false);
-    match no_upload
+    let result = no_upload
         .call(PROTOCOL, "echo_bytes", bytes_params("value", &value))
-        .await
-    {
-        Err(Error::TooLarge {
-            limit_name, limit, ..
-        }) => {
-            assert_eq!(limit_name, "max_request_bytes");
-            assert_eq!(limit, 4096);
-        }
-        other => panic!("expected a max_request_bytes error, got {other:?}"),
-    }
+        .await;
+    assert_too_large(result, "max_request_bytes", 4096);
 }
 
 #[tokio::test]
@@ -362,7 +355,6 @@ fn producer_batches(b: &spillway::client::StreamBatch) -> (i64, Vec<u8>) {
 async fn reference_producer_streams() {
     let Some(worker) = start_worker() else { return };
     let client = reference_client(&worker, |_| {});
-    let proto = "ClientConformanceService";
     // 5 batches of 10 KiB (above the worker's 4096-byte threshold: externalized cycles).
     let params = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
@@ -375,10 +367,7 @@ async fn reference_producer_streams() {
         ],
     )
     .unwrap();
-    let mut stream = client
-        .open_stream(CallRequest::new(proto, "producer_sequence", params))
-        .await
-        .unwrap();
+    let mut stream = open(&client, "producer_sequence", params).await;
     let mut got = Vec::new();
     while let Some(b) = stream.next().await.unwrap() {
         assert!(b.externalized.is_some(), "10 KiB cycles are externalized");
@@ -389,42 +378,19 @@ async fn reference_producer_streams() {
     assert_eq!(got, vec![0, 1, 2, 3, 4]);
 
     // Small cycles inline: a genuine zero-row data batch, then a value, then the end.
-    let no_params = RecordBatch::try_new_with_options(
-        Arc::new(Schema::empty()),
-        vec![],
-        &arrow_array::RecordBatchOptions::new().with_row_count(Some(0)),
-    )
-    .unwrap();
-    let mut stream = client
-        .open_stream(CallRequest::new(
-            proto,
-            "producer_zero_row_then_value",
-            no_params.clone(),
-        ))
-        .await
-        .unwrap();
+    let mut stream = open(&client, "producer_zero_row_then_value", no_params()).await;
     let first = stream.next().await.unwrap().expect("zero-row batch");
     assert_eq!(first.batch.num_rows(), 0);
     let second = stream.next().await.unwrap().expect("value");
     assert_eq!(producer_batches(&second), (7, b"after-zero".to_vec()));
     assert!(stream.next().await.unwrap().is_none());
 
-    let mut stream = client
-        .open_stream(CallRequest::new(
-            proto,
-            "producer_emit_and_finish",
-            no_params.clone(),
-        ))
-        .await
-        .unwrap();
+    let mut stream = open(&client, "producer_emit_and_finish", no_params()).await;
     let only = stream.next().await.unwrap().expect("terminal value");
     assert_eq!(producer_batches(&only), (99, b"terminal".to_vec()));
     assert!(stream.next().await.unwrap().is_none());
 
-    let mut stream = client
-        .open_stream(CallRequest::new(proto, "producer_empty", no_params))
-        .await
-        .unwrap();
+    let mut stream = open(&client, "producer_empty", no_params()).await;
     assert!(stream.next().await.unwrap().is_none());
 }
 
@@ -494,20 +460,7 @@ async fn reference_typed_exchange_round_trips_exact_types() {
     .map(|(n, c)| Field::new(*n, c.data_type().clone(), true))
     .collect();
     let input = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
-    let no_params = RecordBatch::try_new_with_options(
-        Arc::new(Schema::empty()),
-        vec![],
-        &arrow_array::RecordBatchOptions::new().with_row_count(Some(0)),
-    )
-    .unwrap();
-    let mut stream = client
-        .open_stream(CallRequest::new(
-            "ClientConformanceService",
-            "typed_exchange",
-            no_params,
-        ))
-        .await
-        .unwrap();
+    let mut stream = open(&client, "typed_exchange", no_params()).await;
     for _ in 0..2 {
         let out = stream
             .exchange(input.clone(), Default::default())
@@ -533,19 +486,27 @@ mod mock {
 
     /// What the mock server advertises and saw.
     #[derive(Default)]
-    pub struct MockState {
-        pub caps: Vec<(&'static str, &'static str)>,
+    pub(super) struct MockState {
+        pub(super) caps: Vec<(&'static str, &'static str)>,
         /// Request headers of every RPC POST, in order: (method, headers).
-        pub posts: Mutex<Vec<(String, HeaderMap)>>,
-        pub objects: Mutex<HashMap<String, Bytes>>,
-        pub port: Mutex<u16>,
+        pub(super) posts: Mutex<Vec<(String, HeaderMap)>>,
+        pub(super) objects: Mutex<HashMap<String, Bytes>>,
+        pub(super) port: Mutex<u16>,
         /// Reject inline bodies larger than this with 413 (without advertising it).
-        pub hidden_request_cap: Option<usize>,
+        pub(super) hidden_request_cap: Option<usize>,
     }
 
-    pub struct Mock {
-        pub state: Arc<MockState>,
-        pub base: String,
+    impl MockState {
+        /// Records an RPC POST.
+        fn record(&self, method: &str, headers: &HeaderMap) {
+            let mut posts = self.posts.lock().unwrap();
+            posts.push((method.to_string(), headers.clone()));
+        }
+    }
+
+    pub(super) struct Mock {
+        pub(super) state: Arc<MockState>,
+        pub(super) base: String,
         task: tokio::task::JoinHandle<()>,
     }
 
@@ -555,7 +516,7 @@ mod mock {
         }
     }
 
-    pub async fn start(state: MockState) -> Mock {
+    pub(super) async fn start(state: MockState) -> Mock {
         let state = Arc::new(state);
         let app = Router::new()
             .route("/health", options(health))
@@ -635,11 +596,7 @@ mod mock {
         headers: HeaderMap,
         body: Bytes,
     ) -> Response {
-        state
-            .posts
-            .lock()
-            .unwrap()
-            .push((method.clone(), headers.clone()));
+        state.record(&method, &headers);
         let wire_len = body.len();
         let req = decode_request(&headers, body);
         assert_eq!(req.metadata[keys::METHOD], method);
@@ -749,11 +706,7 @@ mod mock {
         headers: HeaderMap,
         body: Bytes,
     ) -> Response {
-        state
-            .posts
-            .lock()
-            .unwrap()
-            .push(("__upload_url__".into(), headers.clone()));
+        state.record("__upload_url__", &headers);
         let req = decode_request(&headers, body);
         assert_eq!(req.metadata[keys::METHOD], "__upload_url__");
         assert!(!req.metadata.contains_key(keys::PROTOCOL));
@@ -932,15 +885,11 @@ async fn mock_errors() {
     }
     let err = client.call("P", "no_result", p()).await.unwrap_err();
     assert!(err.to_string().contains("no result batch"), "{err}");
-    match client.call("P", "big", p()).await {
-        Err(Error::TooLarge {
-            limit_name, limit, ..
-        }) => {
-            assert_eq!(limit_name, "max_response_bytes");
-            assert_eq!(limit, 100_000);
-        }
-        other => panic!("expected too large, got {other:?}"),
-    }
+    assert_too_large(
+        client.call("P", "big", p()).await,
+        "max_response_bytes",
+        100_000,
+    );
     // Bad names never reach the wire.
     assert!(client.call("P", "../health", p()).await.is_err());
     assert!(client.call("P/x", "echo", p()).await.is_err());

@@ -1,16 +1,15 @@
 //! End-to-end: `spillway serve`'s configuration, in-process, over real HTTP on 127.0.0.1.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arrow_array::{Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use common::*;
+
+use crate::common::*;
 use spillway::client::ClientConfig;
 use spillway::demo;
-use spillway::wire::{keys, pointer_batch, read_stream, write_stream, MetaBatch};
+use spillway::wire::{keys, read_stream, MetaBatch};
 use spillway_storage::{ObjectKey, PresignMethod, PutOptions, Storage};
 
 const KIB: usize = 1024;
@@ -52,8 +51,8 @@ async fn result_at_threshold_comes_back_as_pointer_and_resolves_identically() {
     assert!(out.externalized.is_none());
 
     // On the wire: a zero-row pointer on the result schema, location + lowercase sha256 only.
-    let body = request_body(&demo::echo_params(), data_params(&data), request_md("echo"));
-    let resp = post_raw(&format!("{}/{}/echo", s.base, demo::PROTOCOL), body).await;
+    let body = echo_body(&data);
+    let resp = s.post(demo::PROTOCOL, "echo", body).await;
     assert_eq!(resp.status(), 200);
     let stream = read_stream(resp.bytes().await.unwrap(), Default::default()).unwrap();
     assert_eq!(stream.batches.len(), 1);
@@ -69,8 +68,8 @@ async fn result_at_threshold_comes_back_as_pointer_and_resolves_identically() {
 
 async fn stored_encoding(s: &TestServer) -> (Option<String>, u64, usize) {
     let data = vec![b'a'; 512 * KIB];
-    let body = request_body(&demo::echo_params(), data_params(&data), request_md("echo"));
-    let resp = post_raw(&format!("{}/{}/echo", s.base, demo::PROTOCOL), body).await;
+    let body = echo_body(&data);
+    let resp = s.post(demo::PROTOCOL, "echo", body).await;
     let stream = read_stream(resp.bytes().await.unwrap(), Default::default()).unwrap();
     let url = stream.batches[0].metadata[keys::LOCATION].clone();
     let head = reqwest::Client::new().head(&url).send().await.unwrap();
@@ -84,12 +83,7 @@ async fn stored_encoding(s: &TestServer) -> (Option<String>, u64, usize) {
         .unwrap()
         .parse()
         .unwrap();
-    let out = s
-        .client()
-        .call(demo::PROTOCOL, "echo", data_params(&data))
-        .await
-        .unwrap();
-    assert_eq!(binary_value(&out.batch), data);
+    echo(&s.client(), &data).await;
     (enc, len, data.len())
 }
 
@@ -114,8 +108,8 @@ async fn large_request_goes_through_upload_urls() {
     let s = TestServer::start(&["--max-request-bytes", "65536"]).await;
     let data: Vec<u8> = (0..300 * KIB).map(|i| (i % 253) as u8).collect();
     // Raw POST: 413 with the protocol's JSON body.
-    let body = request_body(&demo::echo_params(), data_params(&data), request_md("echo"));
-    let resp = post_raw(&format!("{}/{}/echo", s.base, demo::PROTOCOL), body).await;
+    let body = echo_body(&data);
+    let resp = s.post(demo::PROTOCOL, "echo", body).await;
     assert_eq!(resp.status(), 413);
     assert_eq!(resp.headers()["vgi-max-request-bytes"], "65536");
     let json: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
@@ -129,11 +123,7 @@ async fn large_request_goes_through_upload_urls() {
         ..ClientConfig::default()
     });
     let before = s.object_count();
-    let out = client
-        .call(demo::PROTOCOL, "echo", data_params(&data))
-        .await
-        .unwrap();
-    assert_eq!(binary_value(&out.batch), data);
+    echo(&client, &data).await;
     assert!(s.object_count() > before, "the request was uploaded");
 }
 
@@ -143,22 +133,13 @@ async fn upload_url_pairs_are_method_bound_and_clamped() {
     let client = s.client();
     // The server clamps the count to 1..=100.
     for (asked, got) in [(500i64, 100usize), (0, 1), (-3, 1), (7, 7)] {
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            "count",
-            DataType::Int64,
-            true,
-        )]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(Int64Array::from(vec![asked]))],
-        )
-        .unwrap();
+        let batch = int64_batch("count", true, vec![asked]);
         let mut md = spillway::wire::Metadata::new();
         md.insert(keys::METHOD.into(), "__upload_url__".into());
         md.insert(keys::REQUEST_VERSION.into(), "1".into());
         let resp = post_raw(
             &format!("{}/__upload_url__/init", s.base),
-            request_body(&schema, batch, md),
+            request_body(&batch.schema(), batch, md),
         )
         .await;
         assert_eq!(resp.status(), 200);
@@ -174,19 +155,8 @@ async fn upload_url_pairs_are_method_bound_and_clamped() {
     let pair = &pairs[0];
     assert_ne!(pair.upload_url, pair.download_url);
     let http = reqwest::Client::new();
-    assert_eq!(
-        http.get(&pair.upload_url).send().await.unwrap().status(),
-        403
-    );
-    assert_eq!(
-        http.put(&pair.download_url)
-            .body("x")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    assert_eq!(status_of(http.get(&pair.upload_url)).await, 403);
+    assert_eq!(status_of(http.put(&pair.download_url).body("x")).await, 403);
     let put = http
         .put(&pair.upload_url)
         .body("payload")
@@ -216,14 +186,7 @@ async fn capabilities_are_on_every_response() {
         .unwrap();
     assert_eq!(opt.headers()["cache-control"], "public, max-age=300");
     assert_eq!(opt.headers()["allow"], "GET, HEAD");
-    let health = http
-        .get(format!("{}/health", s.base))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let health = body_of(http.get(format!("{}/health", s.base))).await;
     let health: serde_json::Value = serde_json::from_slice(&health).unwrap();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["protocol"], demo::PROTOCOL);
@@ -294,11 +257,7 @@ async fn client_response_budget_is_parsed_and_honoured() {
             .post(&url)
             .header("content-type", spillway::wire::ARROW_STREAM_CONTENT_TYPE)
             .header("vgi-accept-max-response-bytes", bad)
-            .body(request_body(
-                &demo::blob_params(),
-                size_params(1),
-                request_md("blob"),
-            ))
+            .body(blob_body(1))
             .send()
             .await
             .unwrap();
@@ -309,11 +268,7 @@ async fn client_response_budget_is_parsed_and_honoured() {
         .post(&url)
         .header("content-type", spillway::wire::ARROW_STREAM_CONTENT_TYPE)
         .header("vgi-accept-max-response-bytes", "65536")
-        .body(request_body(
-            &demo::blob_params(),
-            size_params(200_000),
-            request_md("blob"),
-        ))
+        .body(blob_body(200_000))
         .send()
         .await
         .unwrap();
@@ -333,17 +288,10 @@ async fn client_response_budget_is_parsed_and_honoured() {
 async fn bad_inputs_get_their_status_and_the_server_keeps_serving() {
     let s = TestServer::start(&["--max-request-bytes", "65536"]).await;
     let url = format!("{}/{}/blob", s.base, demo::PROTOCOL);
-    let good = || request_body(&demo::blob_params(), size_params(5), request_md("blob"));
+    let good = || blob_body(5);
     let http = reqwest::Client::new();
 
-    let check_alive = || async {
-        let out = s
-            .client()
-            .call(demo::PROTOCOL, "blob", size_params(3))
-            .await
-            .unwrap();
-        assert_eq!(binary_value(&out.batch).len(), 3);
-    };
+    let check_alive = || assert_serves(&s, 3);
 
     // Malformed and truncated IPC.
     let resp = post_raw(&url, b"definitely not arrow".to_vec()).await;
@@ -483,23 +431,11 @@ async fn bad_inputs_get_their_status_and_the_server_keeps_serving() {
     assert_eq!(resp.status(), 400);
 
     // A method error (negative size) is 200 + X-VGI-RPC-Error, never 5xx.
-    let resp = post_raw(
-        &url,
-        request_body(&demo::blob_params(), size_params(-1), request_md("blob")),
-    )
-    .await;
+    let resp = post_raw(&url, blob_body(-1)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-vgi-rpc-error"], "true");
     assert_eq!(error_of(resp).await.error_type, "ValueError");
     check_alive().await;
-}
-
-/// Sends a request pointer naming `location` (with an optional sha256).
-async fn post_pointer(s: &TestServer, location: &str, sha: Option<&str>) -> reqwest::Response {
-    let mut p = pointer_batch(&demo::echo_params(), location, sha);
-    p.metadata.extend(request_md("echo"));
-    let body = write_stream(&demo::echo_params(), &[p]).unwrap();
-    post_raw(&format!("{}/{}/echo", s.base, demo::PROTOCOL), body).await
 }
 
 #[tokio::test]
@@ -508,32 +444,15 @@ async fn request_pointers_are_resolved_only_from_own_storage() {
     let store = s.store.clone().unwrap();
     // A valid uploaded request resolves.
     let data = b"through the store".to_vec();
-    let req = request_body(&demo::echo_params(), data_params(&data), request_md("echo"));
-    let key = store.new_key();
-    store
-        .put(&key, req.clone().into(), PutOptions::default())
-        .await
-        .unwrap();
-    let get = store
-        .presign(&key, PresignMethod::Get, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let key = put_new(&*store, echo_body(&data)).await;
+    let get = presigned(&*store, &key, PresignMethod::Get, 60).await;
     let resp = post_pointer(&s, get.url.as_str(), None).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("x-vgi-rpc-error").is_none());
     let stream = read_stream(resp.bytes().await.unwrap(), Default::default()).unwrap();
     assert_eq!(binary_value(&stream.batches[0].batch), data);
 
-    let refused = |resp: reqwest::Response| async move {
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()["x-vgi-rpc-error"], "true");
-        let text = String::from_utf8_lossy(&resp.bytes().await.unwrap()).to_string();
-        assert!(
-            !text.contains("X-Spillway-Signature="),
-            "signature leaked: {text}"
-        );
-        text
-    };
+    let refused = |resp| refused_text(resp, "X-Spillway-Signature=");
     for foreign in [
         "https://example.com/obj?X-Amz-Signature=secret",
         "http://127.0.0.1:1/obj",
@@ -567,57 +486,41 @@ async fn request_pointers_are_resolved_only_from_own_storage() {
     let text = refused(post_pointer(&s, &tampered, None).await).await;
     assert!(text.contains("URL rejected"), "{text}");
     // A PUT URL is not a download URL.
-    let put = store
-        .presign(&key, PresignMethod::Put, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let put = presigned(&*store, &key, PresignMethod::Put, 60).await;
     refused(post_pointer(&s, put.url.as_str(), None).await).await;
     // A missing object.
-    let gone = store
-        .presign(
-            &ObjectKey::parse("spillway/missing").unwrap(),
-            PresignMethod::Get,
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+    let gone = presigned(
+        &*store,
+        &ObjectKey::parse("spillway/missing").unwrap(),
+        PresignMethod::Get,
+        60,
+    )
+    .await;
     refused(post_pointer(&s, gone.url.as_str(), None).await).await;
     // An object that is not a request on the params schema.
     let wrong = store.new_key();
-    let other = request_body(&demo::blob_params(), size_params(1), request_md("blob"));
+    let other = blob_body(1);
     store
         .put(&wrong, other.into(), PutOptions::default())
         .await
         .unwrap();
-    let wrong_url = store
-        .presign(&wrong, PresignMethod::Get, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let wrong_url = presigned(&*store, &wrong, PresignMethod::Get, 60).await;
     let text = refused(post_pointer(&s, wrong_url.url.as_str(), None).await).await;
     assert!(text.contains("Schema mismatch"), "{text}");
     // And the server still serves.
-    let out = s
-        .client()
-        .call(demo::PROTOCOL, "blob", size_params(1))
-        .await
-        .unwrap();
-    assert_eq!(binary_value(&out.batch).len(), 1);
+    assert_serves(&s, 1).await;
 }
 
 #[tokio::test]
 async fn storage_urls_refuse_tampering_expiry_and_traversal() {
     let s = TestServer::start(&["--threshold-bytes", "4096"]).await;
     let store = s.store.clone().unwrap();
-    let body = request_body(
-        &demo::blob_params(),
-        size_params(50_000),
-        request_md("blob"),
-    );
-    let resp = post_raw(&format!("{}/{}/blob", s.base, demo::PROTOCOL), body).await;
+    let body = blob_body(50_000);
+    let resp = s.post(demo::PROTOCOL, "blob", body).await;
     let stream = read_stream(resp.bytes().await.unwrap(), Default::default()).unwrap();
     let url = stream.batches.last().unwrap().metadata[keys::LOCATION].clone();
     let http = reqwest::Client::new();
-    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(status_of(http.get(&url)).await, 200);
     let tampered = url.replace("X-Spillway-Expires=", "X-Spillway-Expires=9");
     let resp = http.get(&tampered).send().await.unwrap();
     assert_eq!(resp.status(), 403);
@@ -637,14 +540,7 @@ async fn storage_urls_refuse_tampering_expiry_and_traversal() {
             SystemTime::now() - Duration::from_secs(1),
         )
         .unwrap();
-    assert_eq!(
-        http.get(expired.url.as_str())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    assert_eq!(status_of(http.get(expired.url.as_str())).await, 403);
     for path in [
         "/__storage__/../../../etc/passwd",
         "/__storage__/%2e%2e/%2e%2e/etc/passwd",
@@ -664,11 +560,7 @@ async fn storage_urls_refuse_tampering_expiry_and_traversal() {
     pointer
         .metadata
         .insert(keys::LOCATION.into(), tampered.clone());
-    let fetcher = spillway::fetch::Fetcher::new(spillway::fetch::FetchConfig {
-        policy: spillway::url_policy::UrlPolicy::local_testing(),
-        ..Default::default()
-    })
-    .unwrap();
+    let fetcher = local_fetcher();
     let err = fetcher.resolve(&pointer, None).await.unwrap_err();
     assert!(
         matches!(err, spillway::Error::HttpStatus { status: 403, .. }),
@@ -721,7 +613,7 @@ async fn responses_are_compressed_as_negotiated() {
     let s = TestServer::start(&[]).await;
     let url = format!("{}/{}/echo", s.base, demo::PROTOCOL);
     let data = vec![b'z'; 100_000];
-    let body = || request_body(&demo::echo_params(), data_params(&data), request_md("echo"));
+    let body = || echo_body(&data);
     let send = |pairs: Vec<(&'static str, &'static str)>| {
         let mut req = reqwest::Client::new()
             .post(&url)

@@ -19,8 +19,9 @@ use spillway::wire::{pointer_batch, write_stream, MetaBatch};
 use spillway::Error;
 use spillway_shaper::{Fault, FaultRule, Match, Shaper, ShaperConfig};
 use spillway_storage::{ObjectKey, PresignMethod, PutOptions, PutPayload, Storage};
-use spillway_storage_local::{LocalStore, LocalStoreConfig};
-use tempfile::TempDir;
+use spillway_storage_local::LocalStore;
+
+use crate::common::{generated_bytes, StoreServer};
 
 const CHUNK: u64 = 64 * 1024;
 const SIZE: usize = 1_000_003;
@@ -31,61 +32,25 @@ struct Env {
     store: Arc<LocalStore>,
     shaper: Shaper,
     origin: String,
-    _dir: TempDir,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _server: StoreServer,
 }
 
 async fn env_with(shape: impl FnOnce(&mut ShaperConfig)) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    let store = Arc::new(
-        LocalStore::new(LocalStoreConfig {
-            root: dir.path().join("objects"),
-            key_prefix: "t/".into(),
-            public_base: format!("{origin}/__storage__/").parse().unwrap(),
-            secret: vec![7; 32],
-            max_object_bytes: 1 << 30,
-        })
-        .unwrap(),
-    );
-    let router = axum::Router::new().nest("/__storage__", store.clone().router());
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    let mut config = ShaperConfig::transparent(origin.parse().unwrap());
+    let server = StoreServer::start("t/", 7).await;
+    let mut config = ShaperConfig::transparent(server.origin.parse().unwrap());
     config.seed = Some(1);
     shape(&mut config);
     let shaper = Shaper::start(config).await.unwrap();
     Env {
-        store,
+        store: server.store.clone(),
         shaper,
-        origin,
-        _dir: dir,
-        server,
+        origin: server.origin.clone(),
+        _server: server,
     }
 }
 
 async fn env() -> Env {
     env_with(|_| {}).await
-}
-
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 impl Env {
@@ -205,7 +170,7 @@ fn chunk_start(k: u64) -> u64 {
 #[tokio::test]
 async fn clean_fetch_is_ranged_and_exact() {
     let e = env().await;
-    let want = data(1, SIZE);
+    let want = generated_bytes(SIZE, 1);
     let (_, url) = e.put(want.clone(), None).await;
     let seen = Arc::new(std::sync::Mutex::new(Vec::<(u64, Option<u64>)>::new()));
     let s2 = seen.clone();
@@ -237,7 +202,7 @@ async fn clean_fetch_is_ranged_and_exact() {
 #[tokio::test]
 async fn small_objects_take_one_get_and_empty_objects_work() {
     let e = env().await;
-    let want = data(2, 100_000);
+    let want = generated_bytes(100_000, 2);
     let (_, url) = e.put(want.clone(), None).await;
     let stats = assert_exact(&fetcher(|_| {}), &url, &want).await;
     assert!(!stats.ranged);
@@ -251,7 +216,7 @@ async fn small_objects_take_one_get_and_empty_objects_work() {
 #[tokio::test]
 async fn server_errors_are_retried_per_chunk() {
     let e = env().await;
-    let want = data(3, SIZE);
+    let want = generated_bytes(SIZE, 3);
     let (_, url) = e.put(want.clone(), None).await;
     e.shaper
         .add_fault(FaultRule::once(Match::NthRangeGet(2), Fault::Status(500)));
@@ -269,7 +234,7 @@ async fn server_errors_are_retried_per_chunk() {
 #[tokio::test]
 async fn persistent_slowdown_fails_with_its_status() {
     let e = env().await;
-    let (_, url) = e.put(data(4, SIZE), None).await;
+    let (_, url) = e.put(generated_bytes(SIZE, 4), None).await;
     e.shaper.add_fault(FaultRule::always(
         Match::RangeStart(chunk_start(3)),
         Fault::SlowDown,
@@ -292,7 +257,7 @@ async fn persistent_slowdown_fails_with_its_status() {
 #[tokio::test]
 async fn forbidden_and_missing_fail_at_once() {
     let e = env().await;
-    let (_, url) = e.put(data(5, SIZE), None).await;
+    let (_, url) = e.put(generated_bytes(SIZE, 5), None).await;
     e.shaper
         .add_fault(FaultRule::always(Match::NthRangeGet(1), Fault::Status(403)));
     let err = assert_fails(&fetcher(|_| {}), &url).await;
@@ -323,7 +288,7 @@ async fn forbidden_and_missing_fail_at_once() {
 #[tokio::test]
 async fn connection_reset_mid_body_resumes() {
     let e = env().await;
-    let want = data(6, SIZE);
+    let want = generated_bytes(SIZE, 6);
     let (_, url) = e.put(want.clone(), None).await;
     e.shaper.add_fault(FaultRule::once(
         Match::NthRangeGet(1),
@@ -355,7 +320,7 @@ async fn connection_reset_mid_body_resumes() {
 #[tokio::test]
 async fn persistent_resets_fail_as_connection_errors() {
     let e = env().await;
-    let (_, url) = e.put(data(7, SIZE), None).await;
+    let (_, url) = e.put(generated_bytes(SIZE, 7), None).await;
     e.shaper
         .add_fault(FaultRule::always(Match::RangeGet, Fault::ResetAfter(1000)));
     let err = assert_fails(&fetcher(|_| {}), &url).await;
@@ -365,7 +330,7 @@ async fn persistent_resets_fail_as_connection_errors() {
 #[tokio::test]
 async fn truncated_bodies_are_detected() {
     let e = env().await;
-    let want = data(8, SIZE);
+    let want = generated_bytes(SIZE, 8);
     let (_, url) = e.put(want.clone(), None).await;
     e.shaper.add_fault(FaultRule::once(
         Match::NthRangeGet(0),
@@ -384,7 +349,7 @@ async fn truncated_bodies_are_detected() {
 #[tokio::test]
 async fn single_get_resumes_after_truncation() {
     let e = env().await;
-    let want = data(9, 100_000);
+    let want = generated_bytes(100_000, 9);
     let (_, url) = e.put(want.clone(), None).await;
     e.shaper.add_fault(FaultRule::once(
         Match::PlainGet,
@@ -403,7 +368,7 @@ async fn single_get_resumes_after_truncation() {
 #[tokio::test]
 async fn ranges_answered_with_200_are_handled() {
     let e = env().await;
-    let want = data(10, SIZE);
+    let want = generated_bytes(SIZE, 10);
     let (_, url) = e.put(want.clone(), None).await;
     e.shaper
         .add_fault(FaultRule::always(Match::RangeGet, Fault::IgnoreRange));
@@ -414,7 +379,7 @@ async fn ranges_answered_with_200_are_handled() {
 #[tokio::test]
 async fn wrong_content_range_is_refused() {
     let e = env().await;
-    let want = data(11, SIZE);
+    let want = generated_bytes(SIZE, 11);
     let (_, url) = e.put(want.clone(), None).await;
     e.shaper
         .add_fault(FaultRule::once(Match::NthRangeGet(2), Fault::ShiftRange(1)));
@@ -451,7 +416,7 @@ fn value(batch: &RecordBatch) -> Vec<u8> {
 #[tokio::test]
 async fn resolve_verifies_decodes_and_stamps() {
     let e = env().await;
-    let payload = data(12, SIZE);
+    let payload = generated_bytes(SIZE, 12);
     let raw = ipc_object(payload.clone());
     let sha = spillway::object::sha256_hex(&raw);
     let compressed = zstd::bulk::compress(&raw, 3).unwrap();
@@ -472,7 +437,7 @@ async fn resolve_verifies_decodes_and_stamps() {
 #[tokio::test]
 async fn corrupted_byte_fails_the_checksum() {
     let e = env().await;
-    let raw = ipc_object(data(13, SIZE));
+    let raw = ipc_object(generated_bytes(SIZE, 13));
     let sha = spillway::object::sha256_hex(&raw);
     let (_, url) = e.put(raw, None).await;
     e.shaper.add_fault(FaultRule::once(
@@ -498,7 +463,7 @@ async fn zstd_bomb_is_refused_before_download_completes() {
         .unwrap_err();
     assert!(err.to_string().contains("max_decompressed_bytes"), "{err}");
     // An object above max_fetch_bytes is refused at the probe: no data request is sent.
-    let (_, big) = e.put(data(14, SIZE), None).await;
+    let (_, big) = e.put(generated_bytes(SIZE, 14), None).await;
     let before = e.range_gets();
     let err = assert_fails(&fetcher(|c| c.max_fetch_bytes = 1000), &big).await;
     assert!(err.to_string().contains("max_fetch_bytes"), "{err}");
@@ -508,7 +473,7 @@ async fn zstd_bomb_is_refused_before_download_completes() {
 #[tokio::test]
 async fn unknown_encodings_fail_before_any_data_request() {
     let e = env().await;
-    let body = data(26, SIZE);
+    let body = generated_bytes(SIZE, 26);
     let (_, url) = e.put(body.clone(), Some("br")).await;
     let err = no_hang(fetcher(|_| {}).resolve(&pointer(&url, None), None))
         .await
@@ -544,10 +509,10 @@ fn replace_hook(store: Arc<LocalStore>, key: ObjectKey, bytes: Vec<u8>) -> Fault
 async fn object_replaced_mid_fetch_is_detected() {
     for new_size in [SIZE, SIZE / 2] {
         let e = env().await;
-        let (key, url) = e.put(data(15, SIZE), None).await;
+        let (key, url) = e.put(generated_bytes(SIZE, 15), None).await;
         e.shaper.add_fault(FaultRule::once(
             Match::NthRangeGet(5),
-            replace_hook(e.store.clone(), key, data(16, new_size)),
+            replace_hook(e.store.clone(), key, generated_bytes(new_size, 16)),
         ));
         let err = assert_fails(&fetcher(|_| {}), &url).await;
         assert_eq!(kind(&err), Some(FetchFailure::ObjectChanged), "{err}");
@@ -571,7 +536,7 @@ async fn canary() -> (String, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn redirects_are_checked_hop_by_hop() {
     let e = env().await;
-    let want = data(17, SIZE);
+    let want = generated_bytes(SIZE, 17);
     let (_, url) = e.put(want.clone(), None).await;
     // Only the shaper's origin is allowed: loopback in general is not.
     let shaper_only = |c: &mut FetchConfig| {
@@ -638,7 +603,7 @@ async fn redirects_are_checked_hop_by_hop() {
 #[tokio::test]
 async fn refused_probe_falls_back_to_one_get() {
     let e = env().await;
-    let want = data(18, SIZE);
+    let want = generated_bytes(SIZE, 18);
     let (_, url) = e.put(want.clone(), None).await;
     e.shaper
         .add_fault(FaultRule::always(Match::Probe, Fault::Status(403)));
@@ -649,7 +614,7 @@ async fn refused_probe_falls_back_to_one_get() {
 #[tokio::test]
 async fn a_stalled_chunk_is_hedged_and_the_hedge_wins() {
     let e = env().await;
-    let want = data(19, SIZE);
+    let want = generated_bytes(SIZE, 19);
     let (_, url) = e.put(want.clone(), None).await;
     e.shaper.add_fault(FaultRule::once(
         Match::NthRangeGet(1),
@@ -667,7 +632,7 @@ async fn a_stalled_chunk_is_hedged_and_the_hedge_wins() {
 #[tokio::test]
 async fn a_slow_chunk_is_hedged() {
     let e = env_with(|c| c.bandwidth = Some(4 * 1024 * 1024)).await;
-    let want = data(20, SIZE);
+    let want = generated_bytes(SIZE, 20);
     let (_, url) = e.put(want.clone(), None).await;
     e.shaper
         .add_fault(FaultRule::once(Match::NthRangeGet(2), Fault::Slow(50.0)));
@@ -679,7 +644,7 @@ async fn a_slow_chunk_is_hedged() {
 #[tokio::test]
 async fn hedging_off_waits_for_the_straggler() {
     let e = env().await;
-    let want = data(21, SIZE);
+    let want = generated_bytes(SIZE, 21);
     let (_, url) = e.put(want.clone(), None).await;
     e.shaper.add_fault(FaultRule::once(
         Match::NthRangeGet(1),
@@ -692,7 +657,7 @@ async fn hedging_off_waits_for_the_straggler() {
 #[tokio::test]
 async fn hedge_failing_after_the_original_succeeded_is_ignored() {
     let e = env().await;
-    let want = data(22, SIZE);
+    let want = generated_bytes(SIZE, 22);
     let (_, url) = e.put(want.clone(), None).await;
     let start = chunk_start(2);
     // The original is late (hedged at ~120 ms) but completes at ~300 ms; its hedge fails
@@ -721,7 +686,7 @@ async fn hedge_failing_after_the_original_succeeded_is_ignored() {
 #[tokio::test]
 async fn original_failing_while_its_hedge_runs_is_not_fatal() {
     let e = env().await;
-    let want = data(23, SIZE);
+    let want = generated_bytes(SIZE, 23);
     let (_, url) = e.put(want.clone(), None).await;
     let start = chunk_start(1);
     // The original fails at ~250 ms, while its hedges (launched at ~120 and ~240 ms) are
@@ -755,7 +720,7 @@ async fn original_failing_while_its_hedge_runs_is_not_fatal() {
 #[tokio::test]
 async fn everything_stalled_still_fires_hedges_and_timeouts() {
     let e = env().await;
-    let (_, url) = e.put(data(24, SIZE), None).await;
+    let (_, url) = e.put(generated_bytes(SIZE, 24), None).await;
     e.shaper.add_fault(FaultRule::always(
         Match::RangeGet,
         Fault::Stall(Duration::from_secs(60)),
@@ -795,7 +760,7 @@ async fn everything_stalled_still_fires_hedges_and_timeouts() {
 #[tokio::test]
 async fn stalled_probe_times_out_and_retries() {
     let e = env().await;
-    let want = data(25, SIZE);
+    let want = generated_bytes(SIZE, 25);
     let (_, url) = e.put(want.clone(), None).await;
     e.shaper.add_fault(FaultRule::once(
         Match::Probe,

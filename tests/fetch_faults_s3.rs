@@ -8,7 +8,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use spillway::error::FetchFailure;
 use spillway::fetch::{FetchConfig, Fetcher};
 use spillway::url_policy::UrlPolicy;
@@ -18,25 +17,15 @@ use spillway_shaper::{Fault, FaultRule, Match, Shaper, ShaperConfig};
 use spillway_storage::{
     InitOptions, ObjectKey, PresignMethod, PutOptions, PutPayload, Storage, StoreSettings,
 };
-use spillway_storage_s3::{S3Args, S3Store};
+use spillway_storage_s3::S3Store;
+
+use crate::common::{
+    generated_bytes, localstack_flags, presigned, s3_endpoint, s3_store, unique_name,
+};
 
 const CHUNK: u64 = 256 * 1024;
 const SIZE: usize = 2_000_003;
 const HANG: Duration = Duration::from_secs(60);
-
-fn endpoint() -> Option<String> {
-    match std::env::var("SPILLWAY_TEST_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            assert!(
-                std::env::var("SPILLWAY_REQUIRE_SERVERS").as_deref() != Ok("1"),
-                "SPILLWAY_REQUIRE_SERVERS=1 but SPILLWAY_TEST_S3_ENDPOINT is not set"
-            );
-            eprintln!("\n*** SKIPPED: SPILLWAY_TEST_S3_ENDPOINT is not set (LocalStack). ***\n");
-            None
-        }
-    }
-}
 
 struct Env {
     store: Arc<S3Store>,
@@ -49,34 +38,17 @@ async fn env(ep: &str) -> Env {
     config.preserve_host = true;
     config.seed = Some(3);
     let shaper = Shaper::start(config).await.unwrap();
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        s3: S3Args,
-    }
-    let public = shaper.base_url().to_string();
-    let flags = Flags::try_parse_from([
-        "x",
-        "--s3-endpoint",
-        ep,
-        "--s3-public-endpoint",
-        &public,
-        "--s3-path-style",
-        "--s3-region",
-        "us-east-1",
-    ])
-    .unwrap();
-    let bucket = format!("spillway-faults-{:016x}", rand::random::<u64>());
-    let store = S3Store::connect(
-        &flags.s3,
-        &StoreSettings {
-            bucket: Some(bucket),
+    let mut flags = localstack_flags(ep);
+    flags.extend(["--s3-public-endpoint".into(), shaper.base_url().to_string()]);
+    let store = s3_store(
+        &flags,
+        StoreSettings {
+            bucket: Some(unique_name("faults")),
             key_prefix: "f/".into(),
             max_object_bytes: 1 << 30,
         },
     )
-    .await
-    .unwrap();
+    .await;
     store
         .init(&InitOptions {
             create_bucket: true,
@@ -91,18 +63,6 @@ async fn env(ep: &str) -> Env {
     }
 }
 
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 impl Env {
     async fn put(&self, key: &ObjectKey, bytes: Vec<u8>) {
         self.store
@@ -115,11 +75,7 @@ impl Env {
     async fn object(&self, bytes: Vec<u8>) -> (ObjectKey, String) {
         let key = self.store.new_key();
         self.put(&key, bytes).await;
-        let url = self
-            .store
-            .presign(&key, PresignMethod::Get, Duration::from_secs(600))
-            .await
-            .unwrap();
+        let url = presigned(&*self.store, &key, PresignMethod::Get, 600).await;
         assert!(url
             .url
             .as_str()
@@ -164,7 +120,7 @@ fn no_secret(e: &Error) {
 
 #[tokio::test]
 async fn transient_faults_are_absorbed_and_bytes_are_exact() {
-    let Some(ep) = endpoint() else { return };
+    let Some(ep) = s3_endpoint() else { return };
     let e = env(&ep).await;
     let cases: Vec<(&str, Fault)> = vec![
         ("none", Fault::Status(200)),
@@ -180,7 +136,7 @@ async fn transient_faults_are_absorbed_and_bytes_are_exact() {
         ),
     ];
     for (i, (name, fault)) in cases.into_iter().enumerate() {
-        let want = data(i as u64, SIZE);
+        let want = generated_bytes(SIZE, i as u64);
         let (_, url) = e.object(want.clone()).await;
         e.shaper.clear_faults();
         if name != "none" {
@@ -196,9 +152,9 @@ async fn transient_faults_are_absorbed_and_bytes_are_exact() {
 
 #[tokio::test]
 async fn every_request_stalling_still_completes() {
-    let Some(ep) = endpoint() else { return };
+    let Some(ep) = s3_endpoint() else { return };
     let e = env(&ep).await;
-    let want = data(40, SIZE);
+    let want = generated_bytes(SIZE, 40);
     let (_, url) = e.object(want.clone()).await;
     // Every range request stalls on its first attempt: only timers (hedges, stall timeouts) can
     // get the fetch going again.
@@ -217,9 +173,9 @@ async fn every_request_stalling_still_completes() {
 
 #[tokio::test]
 async fn corrupted_byte_fails_the_checksum() {
-    let Some(ep) = endpoint() else { return };
+    let Some(ep) = s3_endpoint() else { return };
     let e = env(&ep).await;
-    let batch = spillway::demo::binary_result_batch(data(41, SIZE)).unwrap();
+    let batch = spillway::demo::binary_result_batch(generated_bytes(SIZE, 41)).unwrap();
     let raw = write_stream(&batch.schema(), &[MetaBatch::plain(batch.clone())]).unwrap();
     let sha = spillway::object::sha256_hex(&raw);
     let (_, url) = e.object(raw).await;
@@ -242,9 +198,9 @@ async fn corrupted_byte_fails_the_checksum() {
 
 #[tokio::test]
 async fn refusals_fail_fast_with_typed_errors() {
-    let Some(ep) = endpoint() else { return };
+    let Some(ep) = s3_endpoint() else { return };
     let e = env(&ep).await;
-    let (key, url) = e.object(data(42, SIZE)).await;
+    let (key, url) = e.object(generated_bytes(SIZE, 42)).await;
     // A tampered signature: S3 itself answers 403.
     let tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=00");
     let err = fetch(&fetcher(true), &tampered).await.unwrap_err();
@@ -284,7 +240,7 @@ async fn refusals_fail_fast_with_typed_errors() {
         "{err}"
     );
     // A persistent 5xx exhausts the retries.
-    let (_, url) = e.object(data(43, SIZE)).await;
+    let (_, url) = e.object(generated_bytes(SIZE, 43)).await;
     e.shaper
         .add_fault(FaultRule::always(Match::RangeGet, Fault::Status(503)));
     let err = fetch(&fetcher(false), &url).await.unwrap_err();
@@ -296,11 +252,11 @@ async fn refusals_fail_fast_with_typed_errors() {
 
 #[tokio::test]
 async fn object_replaced_mid_fetch_is_detected() {
-    let Some(ep) = endpoint() else { return };
+    let Some(ep) = s3_endpoint() else { return };
     let e = env(&ep).await;
-    let (key, url) = e.object(data(44, SIZE)).await;
+    let (key, url) = e.object(generated_bytes(SIZE, 44)).await;
     let store = e.store.clone();
-    let replacement = data(45, SIZE);
+    let replacement = generated_bytes(SIZE, 45);
     e.shaper.add_fault(FaultRule::once(
         Match::NthRangeGet(4),
         Fault::Hook(Arc::new(move || {

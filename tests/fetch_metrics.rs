@@ -1,6 +1,9 @@
 //! The fetch engine's counters, read through a recorder installed for this test binary (the
 //! only test in it, so the process-wide counters are its own). The store is the embedded
 //! local store over real HTTP on 127.0.0.1, behind the store shaper.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +17,8 @@ use spillway::fetch::{FetchConfig, Fetcher};
 use spillway::url_policy::UrlPolicy;
 use spillway_shaper::{Fault, FaultRule, Match, Shaper, ShaperConfig};
 use spillway_storage::{PresignMethod, PutOptions, PutPayload, Storage};
-use spillway_storage_local::{LocalStore, LocalStoreConfig};
+
+use crate::common::StoreServer;
 
 #[derive(Default)]
 struct Counters(Mutex<HashMap<String, Arc<AtomicU64>>>);
@@ -84,24 +88,9 @@ async fn counters_track_bytes_retries_hedges_and_failures() {
     let counters = Arc::new(Counters::default());
     metrics::set_global_recorder(Rec(counters.clone())).unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    let store = Arc::new(
-        LocalStore::new(LocalStoreConfig {
-            root: dir.path().join("objects"),
-            key_prefix: "m/".into(),
-            public_base: format!("{origin}/__storage__/").parse().unwrap(),
-            secret: vec![9; 32],
-            max_object_bytes: 1 << 30,
-        })
-        .unwrap(),
-    );
-    let router = axum::Router::new().nest("/__storage__", store.clone().router());
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    let shaper = Shaper::start(ShaperConfig::transparent(origin.parse().unwrap()))
+    let server = StoreServer::start("m/", 9).await;
+    let store = server.store.clone();
+    let shaper = Shaper::start(ShaperConfig::transparent(server.origin.parse().unwrap()))
         .await
         .unwrap();
     let data: Vec<u8> = (0..600_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -168,5 +157,5 @@ async fn counters_track_bytes_retries_hedges_and_failures() {
     );
     let names: Vec<String> = counters.0.lock().unwrap().keys().cloned().collect();
     assert!(names.iter().all(|n| !n.contains("Signature")), "{names:?}");
-    server.abort();
+    drop(server);
 }

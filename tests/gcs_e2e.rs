@@ -7,18 +7,17 @@
 //! against Google's conformance vectors), so URLs are signed with Google's published test key
 //! and API calls are anonymous.
 
-mod common;
-
 use std::process::Command;
-use std::time::Duration;
 
 use clap::Parser;
-use common::*;
+
 use spillway::client::ClientConfig;
 use spillway::demo;
-use spillway::wire::{keys, pointer_batch, write_stream};
-use spillway_storage::{ObjectKey, PresignMethod, PutOptions, Storage, StoreSettings};
+use spillway::wire::keys;
+use spillway_storage::{ObjectKey, PresignMethod, Storage, StoreSettings};
 use spillway_storage_gcs::{GcsArgs, GcsStore};
+
+use crate::common::*;
 
 const KIB: usize = 1024;
 
@@ -26,36 +25,6 @@ const TEST_KEY_FILE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/storage-backends/gcs/tests/data/test_service_account.not-a-test.json"
 );
-
-struct Emulator {
-    endpoint: String,
-    bucket: String,
-}
-
-fn emulator() -> Option<Emulator> {
-    match (
-        std::env::var("SPILLWAY_TEST_GCS_ENDPOINT"),
-        std::env::var("SPILLWAY_TEST_GCS_BUCKET"),
-    ) {
-        (Ok(endpoint), Ok(bucket)) if !endpoint.is_empty() && !bucket.is_empty() => {
-            Some(Emulator { endpoint, bucket })
-        }
-        _ => {
-            if std::env::var("SPILLWAY_REQUIRE_SERVERS").is_ok_and(|v| v == "1") {
-                panic!(
-                    "SPILLWAY_REQUIRE_SERVERS=1 but SPILLWAY_TEST_GCS_ENDPOINT / \
-                     SPILLWAY_TEST_GCS_BUCKET are not set: run ./scripts/test.sh (it starts \
-                     the GCS emulator)"
-                );
-            }
-            eprintln!(
-                "\n*** SKIPPED: SPILLWAY_TEST_GCS_ENDPOINT is not set (GCS emulator). \
-                 Run ./scripts/test.sh, or scripts/gcs-emulator.sh, to run the GCS tests. ***\n"
-            );
-            None
-        }
-    }
-}
 
 /// A key prefix of this test's own, so tests sharing the emulator's bucket stay apart.
 fn unique_prefix(tag: &str) -> String {
@@ -84,30 +53,20 @@ fn gcs_flags(em: &Emulator, bucket: &str, prefix: &str) -> Vec<String> {
 }
 
 async fn start(em: &Emulator, prefix: &str, extra: &[&str]) -> TestServer {
-    let mut flags = gcs_flags(em, &em.bucket, prefix);
-    flags.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-    TestServer::start(&refs).await
+    TestServer::start_with(gcs_flags(em, &em.bucket, prefix), extra).await
 }
 
 /// A store handle of the tests' own, configured as `spillway serve` is.
 async fn test_store(em: &Emulator, prefix: &str) -> GcsStore {
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        gcs: GcsArgs,
-    }
-    let flags = Flags::try_parse_from([
-        "x",
+    let flags: GcsArgs = parse_flags(&[
         "--gcs-endpoint",
         &em.endpoint,
         "--gcs-anonymous",
         "--gcs-credentials-file",
         TEST_KEY_FILE,
-    ])
-    .unwrap();
+    ]);
     GcsStore::connect(
-        &flags.gcs,
+        &flags,
         &StoreSettings {
             bucket: Some(em.bucket.clone()),
             key_prefix: prefix.to_string(),
@@ -148,7 +107,7 @@ fn key_of(store: &GcsStore, out: &spillway::client::CallOutput) -> ObjectKey {
 
 #[tokio::test]
 async fn zstd_results_round_trip_through_the_bucket() {
-    let Some(em) = emulator() else { return };
+    let Some(em) = gcs_emulator() else { return };
     let prefix = unique_prefix("zstd");
     let s = start(&em, &prefix, &["--threshold-bytes", "4096"]).await;
     let store = test_store(&em, &prefix).await;
@@ -163,12 +122,7 @@ async fn zstd_results_round_trip_through_the_bucket() {
     assert!(list(&em, &em.bucket, &prefix).await.is_empty());
 
     let data = vec![b'a'; 512 * KIB];
-    let out = s
-        .client()
-        .call(demo::PROTOCOL, "echo", data_params(&data))
-        .await
-        .unwrap();
-    assert_eq!(binary_value(&out.batch), data);
+    let out = echo(&s.client(), &data).await;
     let ext = out.externalized.as_ref().expect("externalized");
     // The client reports the URL redacted: the emulator's bucket path, no signature.
     assert!(
@@ -195,7 +149,7 @@ async fn zstd_results_round_trip_through_the_bucket() {
 
 #[tokio::test]
 async fn uncompressed_results_are_stored_without_encoding() {
-    let Some(em) = emulator() else { return };
+    let Some(em) = gcs_emulator() else { return };
     let prefix = unique_prefix("plain");
     let s = start(
         &em,
@@ -205,12 +159,7 @@ async fn uncompressed_results_are_stored_without_encoding() {
     .await;
     let store = test_store(&em, &prefix).await;
     let data: Vec<u8> = (0..200 * KIB).map(|i| (i % 251) as u8).collect();
-    let out = s
-        .client()
-        .call(demo::PROTOCOL, "echo", data_params(&data))
-        .await
-        .unwrap();
-    assert_eq!(binary_value(&out.batch), data);
+    let out = echo(&s.client(), &data).await;
     let meta = store.head(&key_of(&store, &out)).await.unwrap();
     assert_eq!(meta.content_encoding, None);
     assert!(meta.size > data.len() as u64);
@@ -218,19 +167,14 @@ async fn uncompressed_results_are_stored_without_encoding() {
 
 #[tokio::test]
 async fn large_results_stream_through_resumable_uploads() {
-    let Some(em) = emulator() else { return };
+    let Some(em) = gcs_emulator() else { return };
     let prefix = unique_prefix("large");
     let s = start(&em, &prefix, &[]).await;
     let store = test_store(&em, &prefix).await;
     // Incompressible and above the client library's 16 MiB single-request threshold: the
     // externalizer's 8 MiB chunks go out as a resumable upload in several pieces.
     let size = 24_000_000;
-    let out = s
-        .client()
-        .call(demo::PROTOCOL, "blob", size_params(size))
-        .await
-        .unwrap();
-    assert_eq!(binary_value(&out.batch).len() as i64, size);
+    let out = blob(&s.client(), size).await;
     let ext = out.externalized.as_ref().expect("externalized");
     assert!(
         ext.stats.encoded_bytes > 16 * 1024 * 1024,
@@ -243,7 +187,7 @@ async fn large_results_stream_through_resumable_uploads() {
 
 #[tokio::test]
 async fn large_requests_go_through_upload_urls() {
-    let Some(em) = emulator() else { return };
+    let Some(em) = gcs_emulator() else { return };
     let prefix = unique_prefix("upload");
     let s = start(&em, &prefix, &["--max-request-bytes", "65536"]).await;
     let data: Vec<u8> = (0..300 * KIB).map(|i| (i % 253) as u8).collect();
@@ -252,11 +196,7 @@ async fn large_requests_go_through_upload_urls() {
         request_compression: None,
         ..ClientConfig::default()
     });
-    let out = client
-        .call(demo::PROTOCOL, "echo", data_params(&data))
-        .await
-        .unwrap();
-    assert_eq!(binary_value(&out.batch), data);
+    let out = echo(&client, &data).await;
     // The request went into the bucket through the signed PUT URL (the 300 KiB result came
     // back inline).
     assert!(out.externalized.is_none());
@@ -274,44 +214,22 @@ async fn large_requests_go_through_upload_urls() {
     assert_eq!(meta.content_encoding, None);
 }
 
-/// Sends a request pointer naming `location`.
-async fn post_pointer(s: &TestServer, location: &str) -> reqwest::Response {
-    let mut p = pointer_batch(&demo::echo_params(), location, None);
-    p.metadata.extend(request_md("echo"));
-    let body = write_stream(&demo::echo_params(), &[p]).unwrap();
-    post_raw(&format!("{}/{}/echo", s.base, demo::PROTOCOL), body).await
-}
-
-async fn refused_text(resp: reqwest::Response) -> String {
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["x-vgi-rpc-error"], "true");
-    let text = String::from_utf8_lossy(&resp.bytes().await.unwrap()).to_string();
-    assert!(
-        !text.contains("X-Goog-Signature="),
-        "signature leaked: {text}"
-    );
-    text
+/// The answer to a request pointer naming `location`, which the server refuses.
+async fn refused(s: &TestServer, location: &str) -> String {
+    refused_text(post_pointer(s, location, None).await, "X-Goog-Signature=").await
 }
 
 #[tokio::test]
 async fn request_pointers_resolve_only_from_the_servers_own_bucket_and_prefix() {
-    let Some(em) = emulator() else { return };
+    let Some(em) = gcs_emulator() else { return };
     let prefix = unique_prefix("ptr");
     let s = start(&em, &prefix, &[]).await;
     let store = test_store(&em, &prefix).await;
 
     let data = b"through the bucket".to_vec();
-    let req = request_body(&demo::echo_params(), data_params(&data), request_md("echo"));
-    let key = store.new_key();
-    store
-        .put(&key, req.clone().into(), PutOptions::default())
-        .await
-        .unwrap();
-    let get = store
-        .presign(&key, PresignMethod::Get, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let resp = post_pointer(&s, get.url.as_str()).await;
+    let key = put_new(&store, echo_body(&data)).await;
+    let get = presigned(&store, &key, PresignMethod::Get, 60).await;
+    let resp = post_pointer(&s, get.url.as_str(), None).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("x-vgi-rpc-error").is_none());
     let stream =
@@ -320,26 +238,16 @@ async fn request_pointers_resolve_only_from_the_servers_own_bucket_and_prefix() 
 
     let good = get.url.to_string();
     let other_prefix = test_store(&em, &unique_prefix("other")).await;
-    let elsewhere = other_prefix
-        .presign(
-            &other_prefix.new_key(),
-            PresignMethod::Get,
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-    let put = store
-        .presign(&key, PresignMethod::Put, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let elsewhere = presigned(
+        &other_prefix,
+        &other_prefix.new_key(),
+        PresignMethod::Get,
+        60,
+    )
+    .await;
+    let put = presigned(&store, &key, PresignMethod::Put, 60).await;
     // Signed on 2020-01-01 for an hour: long expired (the emulator would serve it anyway).
-    let date = get
-        .url
-        .query_pairs()
-        .find(|(k, _)| k == "X-Goog-Date")
-        .unwrap()
-        .1
-        .into_owned();
+    let date = query_param(&get.url, "X-Goog-Date");
     let expired = good
         .replace(&date, "20200101T000000Z")
         .replace(&format!("%2F{}%2F", &date[..8]), "%2F20200101%2F");
@@ -359,7 +267,7 @@ async fn request_pointers_resolve_only_from_the_servers_own_bucket_and_prefix() 
         ),
     ];
     for (url, expect) in cases {
-        let text = refused_text(post_pointer(&s, &url).await).await;
+        let text = refused(&s, &url).await;
         assert!(
             text.contains(expect),
             "{}: {text}",
@@ -367,23 +275,11 @@ async fn request_pointers_resolve_only_from_the_servers_own_bucket_and_prefix() 
         );
     }
     // A missing object is an error, not an empty request.
-    let gone = store
-        .presign(
-            &store.new_key(),
-            PresignMethod::Get,
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-    let text = refused_text(post_pointer(&s, gone.url.as_str()).await).await;
+    let gone = presigned(&store, &store.new_key(), PresignMethod::Get, 60).await;
+    let text = refused(&s, gone.url.as_str()).await;
     assert!(text.contains("not found"), "{text}");
     // And the server still serves.
-    let out = s
-        .client()
-        .call(demo::PROTOCOL, "blob", size_params(1))
-        .await
-        .unwrap();
-    assert_eq!(binary_value(&out.batch).len(), 1);
+    assert_serves(&s, 1).await;
 }
 
 #[tokio::test]
@@ -424,9 +320,8 @@ fn storage_init(em: &Emulator, bucket: &str, extra: &[&str]) -> (bool, String) {
 
 #[tokio::test]
 async fn storage_init_creates_the_bucket_and_installs_the_lifecycle_rule() {
-    let Some(em) = emulator() else { return };
-    let id: u64 = rand::random();
-    let bucket = format!("spillway-init-{id:016x}");
+    let Some(em) = gcs_emulator() else { return };
+    let bucket = unique_name("init");
 
     let (ok, text) = storage_init(&em, &bucket, &["--expire-after-days", "3"]);
     assert!(!ok, "a missing bucket is not created unless asked: {text}");

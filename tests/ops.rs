@@ -1,54 +1,31 @@
 //! Operations: liveness, readiness, Prometheus metrics (main and admin port), and graceful
 //! shutdown of the real binary on SIGTERM.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use spillway::demo;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test]
 async fn probes_and_metrics_over_http() {
     let s = TestServer::start(&["--threshold-bytes", "4096", "--prefix", "/vgi"]).await;
     let http = reqwest::Client::new();
-    let live = http
-        .get(format!("{}/livez", s.origin()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(live.status(), 200);
-    let ready = http
-        .get(format!("{}/readyz", s.origin()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(
+        status_of(http.get(format!("{}/livez", s.origin()))).await,
+        200
+    );
+    assert_eq!(
+        status_of(http.get(format!("{}/readyz", s.origin()))).await,
+        200
+    );
     // Make traffic: an externalized result and an upload-URL grant.
     s.client()
         .call(demo::PROTOCOL, "blob", size_params(50_000))
         .await
         .unwrap();
     s.client().request_upload_urls(3).await.unwrap();
-    let text = http
-        .get(format!("{}/metrics", s.origin()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(http.get(format!("{}/metrics", s.origin()))).await;
     // Route templates, not raw paths, label the request counters.
     assert!(
         text.lines()
@@ -86,50 +63,23 @@ fn admin_port_and_graceful_shutdown() {
     let port = free_port();
     let admin = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .arg("serve")
-        .env("SPILLWAY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SPILLWAY_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-        .env("SPILLWAY_LOCAL_DIR", dir.path())
-        .env("SPILLWAY_SHUTDOWN_GRACE", "60")
-        .env("SPILLWAY_THRESHOLD_BYTES", "1000000000")
-        .env("SPILLWAY_DEMO_MAX_BLOB_BYTES", "2000000000")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(l) if l.contains("spillway serving") => break,
-            Ok(_) => {}
-            Err(_) => panic!("server did not start"),
-        }
-    }
+    let mut child = spawn_and_wait(
+        Command::new(BIN)
+            .arg("serve")
+            .env("SPILLWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SPILLWAY_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .env("SPILLWAY_LOCAL_DIR", dir.path())
+            .env("SPILLWAY_SHUTDOWN_GRACE", "60")
+            .env("SPILLWAY_THRESHOLD_BYTES", "1000000000")
+            .env("SPILLWAY_DEMO_MAX_BLOB_BYTES", "2000000000"),
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let http = reqwest::Client::new();
         let admin_url = format!("http://127.0.0.1:{admin}");
+        assert_eq!(status_of(http.get(format!("{admin_url}/livez"))).await, 200);
         assert_eq!(
-            http.get(format!("{admin_url}/livez"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-        assert_eq!(
-            http.get(format!("{admin_url}/readyz"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
+            status_of(http.get(format!("{admin_url}/readyz"))).await,
             200
         );
         // The admin port serves only operations, not RPC.
@@ -156,14 +106,7 @@ fn admin_port_and_graceful_shutdown() {
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let m = http
-                .get(format!("{admin_url}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = text_of(http.get(format!("{admin_url}/metrics"))).await;
             let in_flight = m
                 .lines()
                 .find(|l| l.starts_with("spillway_http_requests_in_flight"))

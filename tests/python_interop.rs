@@ -7,17 +7,18 @@
 //! with the real Python client: inline and externalized `blob`s, small and upload-URL `echo`s,
 //! and an unknown method.
 //!
-//! Without `SPILLWAY_VGI_PYTHON` the tests print a warning and pass, unless
-//! `SPILLWAY_REQUIRE_PYTHON=1`, in which case they fail.
+//! Without `SPILLWAY_VGI_PYTHON` the tests say they are skipped, unless
+//! `SPILLWAY_REQUIRE_SERVERS=1` or `SPILLWAY_REQUIRE_PYTHON=1`, where they fail.
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::common::{free_port, vgi_python, BIN};
 
 const THRESHOLD_BYTES: u64 = 1024 * 1024;
 const MAX_REQUEST_BYTES: u64 = 4 * 1024 * 1024;
@@ -27,44 +28,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Attempts at starting the server (a free port may be taken before the server binds it).
 const START_ATTEMPTS: usize = 5;
-
-/// The interpreter to run the script with, or `None` when the test should be skipped.
-fn vgi_python() -> Option<PathBuf> {
-    match std::env::var_os("SPILLWAY_VGI_PYTHON").filter(|v| !v.is_empty()) {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            let required = std::env::var("SPILLWAY_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "SPILLWAY_REQUIRE_PYTHON=1 but SPILLWAY_VGI_PYTHON is not set; \
-                 run ./scripts/test.sh or export SPILLWAY_VGI_PYTHON=$(scripts/vgi-reference.sh python)"
-            );
-            // Written to the real stderr, not through `eprintln!`, which the test harness
-            // captures and hides for passing tests; printed once per test binary.
-            static WARNED: AtomicBool = AtomicBool::new(false);
-            if !WARNED.swap(true, Ordering::SeqCst) {
-                let _ = std::io::stderr().write_all(
-                    b"\n\
-                    ************************************************************************\n\
-                    ** python_interop SKIPPED: set SPILLWAY_VGI_PYTHON to a Python with   **\n\
-                    ** vgi-rpc 0.52.2, e.g.                                               **\n\
-                    **   SPILLWAY_VGI_PYTHON=$(scripts/vgi-reference.sh python)           **\n\
-                    ** or run ./scripts/test.sh, which does this for you.                 **\n\
-                    ************************************************************************\n\n",
-                );
-            }
-            None
-        }
-    }
-}
-
-/// A port that was free a moment ago (the OS picks it; the listener is dropped at once).
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot bind an ephemeral port on 127.0.0.1")
-}
 
 fn read_to_string_lossy(path: &Path) -> String {
     let mut bytes = Vec::new();
@@ -114,7 +77,7 @@ impl Server {
             let port = free_port();
             let log = work.join(format!("server-{attempt}.log"));
             let log_file = File::create(&log).expect("create the server log file");
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_spillway"));
+            let mut cmd = Command::new(BIN);
             // Settings come from the command line only, whatever SPILLWAY_* the caller exported.
             for (key, _) in std::env::vars_os() {
                 if key.to_string_lossy().starts_with("SPILLWAY_") {

@@ -2,22 +2,20 @@
 //! `spillway::client::Client`, decoded and checked field by field, with protocol hashes
 //! computed by the Python reference (vgi_rpc 0.52.2) for the same schemas.
 
-mod common;
-
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, BinaryArray, BooleanArray, Int64Array, ListArray, RecordBatch, RecordBatchOptions,
-    StringArray, StructArray,
+    Array, BinaryArray, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
-use common::*;
 use spillway::server::{
     empty_schema, Protocol, Server, ServerConfig, StreamMethod, StreamStart, TurnOutput,
 };
 use spillway::wire::{read_stream, ReadLimits};
 use spillway::Error;
+
+use crate::common::*;
 
 /// `sha256("vgi_rpc.protocol_hash.v1|" + canonical JSON)` of [`test_protocol`], from the
 /// Python reference's `_protocol_hash` over the same pyarrow schemas.
@@ -85,8 +83,6 @@ fn other_protocol() -> Protocol {
 }
 
 async fn start(reflection: bool) -> TestServer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let server = Server::new(ServerConfig {
         server_id: "refltest".into(),
         ..ServerConfig::default()
@@ -94,22 +90,7 @@ async fn start(reflection: bool) -> TestServer {
     .with_protocol(test_protocol())
     .with_protocol(other_protocol())
     .with_reflection(reflection);
-    TestServer::serve(
-        listener,
-        server,
-        format!("http://127.0.0.1:{port}"),
-        tempfile::tempdir().unwrap(),
-        None,
-    )
-}
-
-fn no_params() -> RecordBatch {
-    RecordBatch::try_new_with_options(
-        empty_schema(),
-        vec![],
-        &RecordBatchOptions::new().with_row_count(Some(0)),
-    )
-    .unwrap()
+    TestServer::start_server(server).await
 }
 
 fn describe_params(protocol: &str) -> RecordBatch {

@@ -4,7 +4,7 @@
 //! ```sh
 //! scripts/localstack.sh start && eval "$(scripts/localstack.sh env)"
 //! SPILLWAY_TEST_S3_ENDPOINT=$AWS_ENDPOINT_URL \
-//!   cargo test --release --test s3_bench -- --ignored --nocapture --test-threads=1
+//!   cargo test --release --test servers s3_bench:: -- --ignored --nocapture --test-threads=1
 //! ```
 //!
 //! Settings (environment): `SPILLWAY_BENCH_BYTES` (result size, default 512 MiB),

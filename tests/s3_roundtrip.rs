@@ -4,88 +4,58 @@
 //! Without the variable the tests say they are skipped, unless `SPILLWAY_REQUIRE_SERVERS=1`,
 //! where they fail.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use clap::Parser;
-use common::*;
 use spillway::demo;
-use spillway::wire::{pointer_batch, write_stream};
 use spillway_storage::{ObjectKey, PresignMethod, PutOptions, Storage, StoreSettings};
-use spillway_storage_s3::{S3Args, S3Store};
+use spillway_storage_s3::S3Store;
+
+use crate::common::*;
 
 const MIB: u64 = 1024 * 1024;
 
-fn endpoint() -> Option<String> {
-    match std::env::var("SPILLWAY_TEST_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            if std::env::var("SPILLWAY_REQUIRE_SERVERS").is_ok_and(|v| v == "1") {
-                panic!(
-                    "SPILLWAY_REQUIRE_SERVERS=1 but SPILLWAY_TEST_S3_ENDPOINT is not set: \
-                     run ./scripts/test.sh (it starts LocalStack)"
-                );
-            }
-            eprintln!(
-                "\n*** SKIPPED: SPILLWAY_TEST_S3_ENDPOINT is not set (LocalStack). \
-                 Run ./scripts/test.sh to run the S3 tests. ***\n"
-            );
-            None
-        }
-    }
-}
-
-fn unique_bucket(tag: &str) -> String {
-    let id: u64 = rand::random();
-    format!("spillway-{tag}-{id:016x}")
-}
-
-/// The `--s3-*` flags for LocalStack.
+/// The flags of `spillway serve --storage s3` for LocalStack.
 fn s3_flags(ep: &str, bucket: &str) -> Vec<String> {
-    [
-        "--storage",
-        "s3",
-        "--bucket",
-        bucket,
-        "--s3-endpoint",
-        ep,
-        "--s3-path-style",
-        "--s3-region",
-        "us-east-1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let mut flags: Vec<String> = vec![
+        "--storage".into(),
+        "s3".into(),
+        "--bucket".into(),
+        bucket.into(),
+    ];
+    flags.extend(localstack_flags(ep));
+    flags
+}
+
+/// A new bucket of this test's own, made by `spillway storage init` (objects expire after a
+/// day).
+fn initialized_bucket(ep: &str, tag: &str) -> String {
+    let bucket = unique_name(tag);
+    storage_init(ep, &bucket, "1");
+    bucket
 }
 
 /// A store handle of the tests' own, configured as `spillway serve` is.
 async fn test_store(ep: &str, bucket: &str) -> S3Store {
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        s3: S3Args,
-    }
-    let flags = Flags::try_parse_from([
-        "x",
-        "--s3-endpoint",
-        ep,
-        "--s3-path-style",
-        "--s3-region",
-        "us-east-1",
-    ])
-    .unwrap();
-    S3Store::connect(
-        &flags.s3,
-        &StoreSettings {
+    s3_store(
+        &localstack_flags(ep),
+        StoreSettings {
             bucket: Some(bucket.to_string()),
             key_prefix: "spillway/".into(),
             max_object_bytes: 1 << 32,
         },
     )
     .await
-    .unwrap()
+}
+
+/// The bucket's lifecycle rules.
+async fn lifecycle_rules(
+    store: &S3Store,
+    bucket: &str,
+) -> Vec<spillway_storage_s3::aws_sdk_s3::types::LifecycleRule> {
+    let request = store.client().get_bucket_lifecycle_configuration();
+    let output = request.bucket(bucket).send().await.unwrap();
+    output.rules.unwrap_or_default()
 }
 
 /// `spillway storage init --create-bucket` through the real binary.
@@ -110,10 +80,7 @@ fn storage_init(ep: &str, bucket: &str, days: &str) -> String {
 }
 
 async fn start(ep: &str, bucket: &str, extra: &[&str]) -> TestServer {
-    let mut flags = s3_flags(ep, bucket);
-    flags.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-    TestServer::start(&refs).await
+    TestServer::start_with(s3_flags(ep, bucket), extra).await
 }
 
 /// The key of an object from the (redacted) URL a client reports.
@@ -127,60 +94,38 @@ fn key_of(url: &str, bucket: &str) -> ObjectKey {
 
 #[tokio::test]
 async fn storage_init_installs_a_lifecycle_rule_that_reads_back() {
-    let Some(ep) = endpoint() else { return };
-    let bucket = unique_bucket("init");
+    let Some(ep) = s3_endpoint() else { return };
+    let bucket = unique_name("init");
     let report = storage_init(&ep, &bucket, "3");
-    assert!(
-        report.contains(&format!("created bucket {bucket}")),
-        "{report}"
-    );
-    assert!(
-        report.contains("lifecycle rule spillway-expire-spillway/"),
-        "{report}"
-    );
+    for want in [
+        format!("created bucket {bucket}"),
+        "lifecycle rule spillway-expire-spillway/".to_string(),
+    ] {
+        assert!(report.contains(&want), "{report}");
+    }
     let store = test_store(&ep, &bucket).await;
-    let rules = store
-        .client()
-        .get_bucket_lifecycle_configuration()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap()
-        .rules
-        .unwrap_or_default();
+    let rules = lifecycle_rules(&store, &bucket).await;
     assert_eq!(rules.len(), 1, "{rules:?}");
     let rule = &rules[0];
     assert_eq!(rule.filter().and_then(|f| f.prefix()), Some("spillway/"));
     assert_eq!(rule.expiration().and_then(|e| e.days()), Some(3));
-    assert_eq!(
-        rule.abort_incomplete_multipart_upload()
-            .and_then(|a| a.days_after_initiation()),
-        Some(1)
-    );
+    let abort = rule.abort_incomplete_multipart_upload();
+    assert_eq!(abort.and_then(|a| a.days_after_initiation()), Some(1));
     // Idempotent: a second run keeps one rule, with the new expiry.
     let report = storage_init(&ep, &bucket, "4");
     assert!(
         report.contains(&format!("bucket {bucket} exists")),
         "{report}"
     );
-    let rules = store
-        .client()
-        .get_bucket_lifecycle_configuration()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap()
-        .rules
-        .unwrap_or_default();
+    let rules = lifecycle_rules(&store, &bucket).await;
     assert_eq!(rules.len(), 1);
     assert_eq!(rules[0].expiration().and_then(|e| e.days()), Some(4));
 }
 
 #[tokio::test]
 async fn results_round_trip_inline_single_put_and_multipart_with_and_without_zstd() {
-    let Some(ep) = endpoint() else { return };
-    let bucket = unique_bucket("rt");
-    storage_init(&ep, &bucket, "1");
+    let Some(ep) = s3_endpoint() else { return };
+    let bucket = initialized_bucket(&ep, "rt");
     let store = test_store(&ep, &bucket).await;
     for compression in ["zstd", "none"] {
         let s = start(
@@ -232,28 +177,17 @@ async fn results_round_trip_inline_single_put_and_multipart_with_and_without_zst
 
 #[tokio::test]
 async fn large_requests_travel_through_s3_upload_urls() {
-    let Some(ep) = endpoint() else { return };
-    let bucket = unique_bucket("up");
-    storage_init(&ep, &bucket, "1");
+    let Some(ep) = s3_endpoint() else { return };
+    let bucket = initialized_bucket(&ep, "up");
     let s = start(&ep, &bucket, &[]).await;
     // Above the default 4 MiB SPILLWAY_MAX_REQUEST_BYTES: the client gets 413, asks for an
     // upload URL, PUTs to S3, and sends a pointer the server resolves through its store.
     let input = demo::generate_blob(6_000_000, 42);
-    let out = s
-        .client()
-        .call(demo::PROTOCOL, "echo", data_params(&input))
-        .await
-        .unwrap();
-    assert!(binary_value(&out.batch) == input, "echoed bytes differ");
+    let out = echo(&s.client(), &input).await;
     assert!(out.externalized.is_some(), "a 6 MB result is externalized");
     // 20 MiB both ways: uploaded with one PUT by the client, stored back as a multipart upload.
     let input = demo::generate_blob(20 * MIB as usize, 43);
-    let out = s
-        .client()
-        .call(demo::PROTOCOL, "echo", data_params(&input))
-        .await
-        .unwrap();
-    assert!(binary_value(&out.batch) == input, "echoed bytes differ");
+    let out = echo(&s.client(), &input).await;
     let info = out.externalized.expect("externalized");
     let head = test_store(&ep, &bucket)
         .await
@@ -275,12 +209,9 @@ async fn large_requests_travel_through_s3_upload_urls() {
     assert!(pair.download_url.contains("x-id=GetObject"));
 }
 
-/// Sends a request pointer naming `location` for `echo`.
-async fn post_pointer(s: &TestServer, location: &str) -> (bool, String) {
-    let mut p = pointer_batch(&demo::echo_params(), location, None);
-    p.metadata.extend(request_md("echo"));
-    let body = write_stream(&demo::echo_params(), &[p]).unwrap();
-    let resp = post_raw(&format!("{}/{}/echo", s.base, demo::PROTOCOL), body).await;
+/// Sends a request pointer naming `location` for `echo`: whether it failed, and the answer.
+async fn send_pointer(s: &TestServer, location: &str) -> (bool, String) {
+    let resp = post_pointer(s, location, None).await;
     assert_eq!(resp.status(), 200);
     let failed = resp.headers().get("x-vgi-rpc-error").is_some();
     let text = String::from_utf8_lossy(&resp.bytes().await.unwrap()).to_string();
@@ -289,18 +220,13 @@ async fn post_pointer(s: &TestServer, location: &str) -> (bool, String) {
 
 #[tokio::test]
 async fn expired_and_tampered_urls_fail_with_typed_errors() {
-    let Some(ep) = endpoint() else { return };
-    let bucket = unique_bucket("exp");
-    storage_init(&ep, &bucket, "1");
+    let Some(ep) = s3_endpoint() else { return };
+    let bucket = initialized_bucket(&ep, "exp");
     let store = test_store(&ep, &bucket).await;
     let s = start(&ep, &bucket, &[]).await;
 
     // A request object, as a client would have uploaded it.
-    let req = request_body(
-        &demo::echo_params(),
-        data_params(b"via s3"),
-        request_md("echo"),
-    );
+    let req = echo_body(b"via s3");
     let key = store.new_key();
     store
         .put(&key, req.into(), PutOptions::default())
@@ -310,24 +236,15 @@ async fn expired_and_tampered_urls_fail_with_typed_errors() {
         .presign(&key, PresignMethod::Get, Duration::from_secs(300))
         .await
         .unwrap();
-    let (failed, text) = post_pointer(&s, good.url.as_str()).await;
+    let (failed, text) = send_pointer(&s, good.url.as_str()).await;
     assert!(!failed, "{text}");
 
+    let past = SystemTime::now() - Duration::from_secs(1);
     let expired = store
-        .presign_until(
-            &key,
-            PresignMethod::Get,
-            SystemTime::now() - Duration::from_secs(1),
-        )
+        .presign_until(&key, PresignMethod::Get, past)
         .await
         .unwrap();
-    let sig = good
-        .url
-        .query_pairs()
-        .find(|(k, _)| k == "X-Amz-Signature")
-        .unwrap()
-        .1
-        .into_owned();
+    let sig = query_param(&good.url, "X-Amz-Signature");
     let flipped = format!(
         "{}{}",
         if sig.starts_with('0') { '1' } else { '0' },
@@ -336,12 +253,12 @@ async fn expired_and_tampered_urls_fail_with_typed_errors() {
     let tampered = good.url.as_str().replace(&sig, &flipped);
 
     // The server refuses them as request pointers ...
-    let (failed, text) = post_pointer(&s, expired.url.as_str()).await;
+    let (failed, text) = send_pointer(&s, expired.url.as_str()).await;
     assert!(
         failed && text.contains("URL rejected") && text.contains("expired"),
         "{text}"
     );
-    let (failed, text) = post_pointer(&s, &tampered).await;
+    let (failed, text) = send_pointer(&s, &tampered).await;
     assert!(
         failed && text.contains("URL rejected") && text.contains("signature"),
         "{text}"
@@ -351,15 +268,11 @@ async fn expired_and_tampered_urls_fail_with_typed_errors() {
         .presign(&key, PresignMethod::Put, Duration::from_secs(300))
         .await
         .unwrap();
-    let (failed, text) = post_pointer(&s, put.url.as_str()).await;
+    let (failed, text) = send_pointer(&s, put.url.as_str()).await;
     assert!(failed && text.contains("URL rejected"), "{text}");
 
     // ... and S3 refuses them to clients, which report the typed error.
-    let fetcher = spillway::fetch::Fetcher::new(spillway::fetch::FetchConfig {
-        policy: spillway::url_policy::UrlPolicy::local_testing(),
-        ..Default::default()
-    })
-    .unwrap();
+    let fetcher = local_fetcher();
     assert!(fetcher.fetch(good.url.as_str(), None).await.is_ok());
     for (what, url) in [("expired", expired.url.to_string()), ("tampered", tampered)] {
         let err = fetcher.fetch(&url, None).await.unwrap_err();
@@ -373,9 +286,8 @@ async fn expired_and_tampered_urls_fail_with_typed_errors() {
 
 #[tokio::test]
 async fn pointers_name_the_public_endpoint_when_one_is_set() {
-    let Some(ep) = endpoint() else { return };
-    let bucket = unique_bucket("pub");
-    storage_init(&ep, &bucket, "1");
+    let Some(ep) = s3_endpoint() else { return };
+    let bucket = initialized_bucket(&ep, "pub");
     // "localhost" reaches the same LocalStack under another name, as an ingress would.
     let port = url::Url::parse(&ep).unwrap().port().unwrap();
     let public = format!("http://localhost:{port}");
@@ -394,10 +306,5 @@ async fn pointers_name_the_public_endpoint_when_one_is_set() {
     assert_eq!(binary_value(&out.batch).len(), 2_000_000);
     // The upload flow goes through the public endpoint too, and the server still resolves it.
     let input = demo::generate_blob(5_000_000, 1);
-    let out = s
-        .client()
-        .call(demo::PROTOCOL, "echo", data_params(&input))
-        .await
-        .unwrap();
-    assert!(binary_value(&out.batch) == input);
+    echo(&s.client(), &input).await;
 }

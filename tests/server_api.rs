@@ -1,17 +1,16 @@
 //! The Rust API for building services: custom protocols, void methods, logs, errors, panics,
 //! timeouts and protocol versions, served over real HTTP.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::{Int64Array, RecordBatch, RecordBatchOptions};
+use arrow_array::{Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use common::*;
 use spillway::client::CallRequest;
 use spillway::server::{empty_schema, Protocol, Server, ServerConfig};
 use spillway::wire::{keys, RpcError};
+
+use crate::common::*;
 
 fn int_schema(name: &str) -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new(name, DataType::Int64, false)]))
@@ -19,15 +18,6 @@ fn int_schema(name: &str) -> SchemaRef {
 
 fn int_batch(name: &str, v: i64) -> RecordBatch {
     RecordBatch::try_new(int_schema(name), vec![Arc::new(Int64Array::from(vec![v]))]).unwrap()
-}
-
-fn no_params() -> RecordBatch {
-    RecordBatch::try_new_with_options(
-        empty_schema(),
-        vec![],
-        &RecordBatchOptions::new().with_row_count(Some(0)),
-    )
-    .unwrap()
 }
 
 fn test_protocol() -> Protocol {
@@ -103,20 +93,12 @@ fn test_protocol() -> Protocol {
 }
 
 async fn start() -> TestServer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let server = Server::new(ServerConfig {
         method_timeout: Duration::from_millis(300),
         ..ServerConfig::default()
     })
     .with_protocol(test_protocol());
-    TestServer::serve(
-        listener,
-        server,
-        format!("http://127.0.0.1:{port}"),
-        tempfile::tempdir().unwrap(),
-        None,
-    )
+    TestServer::start_server(server).await
 }
 
 fn req(method: &str, params: RecordBatch) -> CallRequest {
@@ -246,14 +228,12 @@ async fn response_compression_can_be_turned_off() {
                 }
             },
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let server = Server::new(ServerConfig {
             response_compression: enabled,
             ..ServerConfig::default()
         })
         .with_protocol(protocol);
-        let s = TestServer::serve(listener, server, base, tempfile::tempdir().unwrap(), None);
+        let s = TestServer::start_server(server).await;
         let mut md = spillway::wire::Metadata::new();
         md.insert(keys::METHOD.into(), "big".into());
         md.insert(keys::REQUEST_VERSION.into(), "1".into());

@@ -1,18 +1,18 @@
 //! Producer and exchange streams over real HTTP: the Rust client against Spillway's server,
 //! with externalized cycles through the embedded store, tokens, cancel and errors.
 
-mod common;
-
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use common::*;
-use spillway::client::CallRequest;
+use spillway::client::{CallRequest, Client, ClientStream};
 use spillway::server::{Protocol, Server, ServerConfig, StreamMethod, StreamStart, TurnOutput};
 use spillway::wire::{keys, Metadata, RpcError};
 use spillway_storage::Storage;
-use spillway_storage_local::{LocalStore, LocalStoreConfig};
+
+use crate::common::*;
 
 fn schema(fields: &[(&str, DataType)]) -> SchemaRef {
     Arc::new(Schema::new(
@@ -34,12 +34,7 @@ fn read_state(s: &[u8]) -> Vec<i64> {
 }
 
 fn int_col(b: &RecordBatch, i: usize) -> Vec<i64> {
-    b.column(i)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap()
-        .values()
-        .to_vec()
+    b.column(i).as_primitive::<Int64Type>().values().to_vec()
 }
 
 /// `count(n, rows)`: n batches of `rows` rows `{i, payload}`; batch k fails when k == fail_at.
@@ -111,12 +106,7 @@ fn scaler() -> StreamMethod {
         move |_ctx, p| {
             let header = header2.clone();
             async move {
-                let f = p
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<Float64Array>()
-                    .unwrap()
-                    .value(0);
+                let f = p.column(0).as_primitive::<Float64Type>().value(0);
                 let h = RecordBatch::try_new(
                     header,
                     vec![Arc::new(StringArray::from(vec![format!("x{f}")]))],
@@ -134,11 +124,7 @@ fn scaler() -> StreamMethod {
             async move {
                 let f = f64::from_le_bytes(turn.state[..8].try_into().unwrap());
                 let input = turn.input.unwrap();
-                let col = input
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<Float64Array>()
-                    .unwrap();
+                let col = input.column(0).as_primitive::<Float64Type>();
                 if col.values().iter().any(|v| *v < 0.0) {
                     return Err(RpcError::new("ValueError", "negative input"));
                 }
@@ -166,18 +152,7 @@ async fn start(threshold: u64, max_request: u64) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        LocalStore::new(LocalStoreConfig {
-            root: dir.path().join("objects"),
-            key_prefix: "t/".into(),
-            public_base: format!("http://127.0.0.1:{port}/__storage__/")
-                .parse()
-                .unwrap(),
-            secret: vec![3u8; 32],
-            max_object_bytes: 1 << 30,
-        })
-        .unwrap(),
-    );
+    let store = local_store(dir.path(), &format!("http://127.0.0.1:{port}"), "t/", 3);
     let mut config = ServerConfig {
         max_request_bytes: max_request,
         ..ServerConfig::default()
@@ -217,6 +192,29 @@ fn count_params(n: i64, rows: i64, fail_at: i64) -> RecordBatch {
     .unwrap()
 }
 
+/// Opens `scale(factor)`.
+async fn open_scale(c: &Client, factor: f64) -> ClientStream {
+    let factor = RecordBatch::try_new(
+        schema(&[("factor", DataType::Float64)]),
+        vec![Arc::new(Float64Array::from(vec![factor]))],
+    )
+    .unwrap();
+    c.open_stream(CallRequest::new("test.Streams.v1", "scale", factor))
+        .await
+        .unwrap()
+}
+
+/// Opens `count(n, rows, fail_at)`.
+async fn open_count(c: &Client, n: i64, rows: i64, fail_at: i64) -> ClientStream {
+    c.open_stream(CallRequest::new(
+        "test.Streams.v1",
+        "count",
+        count_params(n, rows, fail_at),
+    ))
+    .await
+    .unwrap()
+}
+
 fn values(v: &[f64]) -> RecordBatch {
     RecordBatch::try_new(
         schema(&[("value", DataType::Float64)]),
@@ -229,14 +227,7 @@ fn values(v: &[f64]) -> RecordBatch {
 async fn producer_streams_every_batch_then_finishes() {
     let s = start(1 << 30, 1 << 20).await;
     let c = s.client();
-    let mut st = c
-        .open_stream(CallRequest::new(
-            "test.Streams.v1",
-            "count",
-            count_params(4, 3, -1),
-        ))
-        .await
-        .unwrap();
+    let mut st = open_count(&c, 4, 3, -1).await;
     let mut seen = Vec::new();
     let mut first = true;
     while let Some(b) = st.next().await.unwrap() {
@@ -252,14 +243,7 @@ async fn producer_streams_every_batch_then_finishes() {
     assert_eq!(seen, vec![0, 1, 2, 3]);
     assert!(st.is_finished());
     // An empty producer finishes inside /init.
-    let mut st = c
-        .open_stream(CallRequest::new(
-            "test.Streams.v1",
-            "count",
-            count_params(0, 1, -1),
-        ))
-        .await
-        .unwrap();
+    let mut st = open_count(&c, 0, 1, -1).await;
     assert!(st.next().await.unwrap().is_none());
 }
 
@@ -268,14 +252,7 @@ async fn producer_cycles_are_externalized_with_their_logs() {
     let s = start(4096, 1 << 20).await;
     let c = s.client();
     let before = s.object_count();
-    let mut st = c
-        .open_stream(CallRequest::new(
-            "test.Streams.v1",
-            "count",
-            count_params(3, 10_000, -1),
-        ))
-        .await
-        .unwrap();
+    let mut st = open_count(&c, 3, 10_000, -1).await;
     let mut n = 0;
     while let Some(b) = st.next().await.unwrap() {
         assert!(b.externalized.is_some());
@@ -297,14 +274,7 @@ async fn producer_cycles_are_externalized_with_their_logs() {
 async fn producer_tick_metadata_and_mid_stream_error() {
     let s = start(1 << 30, 1 << 20).await;
     let c = s.client();
-    let mut st = c
-        .open_stream(CallRequest::new(
-            "test.Streams.v1",
-            "count",
-            count_params(5, 1, 2),
-        ))
-        .await
-        .unwrap();
+    let mut st = open_count(&c, 5, 1, 2).await;
     st.next().await.unwrap().unwrap();
     let mut tick = Metadata::new();
     tick.insert("tick".into(), "t1".into());
@@ -320,32 +290,14 @@ async fn producer_tick_metadata_and_mid_stream_error() {
 async fn exchange_with_header_scales_and_keeps_its_cursor_after_errors() {
     let s = start(1 << 30, 1 << 20).await;
     let c = s.client();
-    let factor = RecordBatch::try_new(
-        schema(&[("factor", DataType::Float64)]),
-        vec![Arc::new(Float64Array::from(vec![2.0]))],
-    )
-    .unwrap();
-    let mut st = c
-        .open_stream(CallRequest::new("test.Streams.v1", "scale", factor))
-        .await
-        .unwrap();
+    let mut st = open_scale(&c, 2.0).await;
     let header = st.header().expect("header");
-    let d = header
-        .batch
-        .column(0)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
+    let d = header.batch.column(0).as_string::<i32>();
     assert_eq!(d.value(0), "x2");
     let mut md = Metadata::new();
     md.insert("app".into(), "1".into());
     let out = st.exchange(values(&[1.0, 2.5]), md).await.unwrap();
-    let v = out
-        .batch
-        .column(0)
-        .as_any()
-        .downcast_ref::<Float64Array>()
-        .unwrap();
+    let v = out.batch.column(0).as_primitive::<Float64Type>();
     assert_eq!(v.values().to_vec(), vec![2.0, 5.0]);
     // The method saw the application key and no tokens.
     assert_eq!(
@@ -357,12 +309,7 @@ async fn exchange_with_header_scales_and_keeps_its_cursor_after_errors() {
         other => panic!("expected an rpc error, got {other:?}"),
     }
     let out = st.exchange(values(&[3.0]), Metadata::new()).await.unwrap();
-    let v = out
-        .batch
-        .column(0)
-        .as_any()
-        .downcast_ref::<Float64Array>()
-        .unwrap();
+    let v = out.batch.column(0).as_primitive::<Float64Type>();
     assert_eq!(v.value(0), 6.0);
     st.cancel().await.unwrap();
 }
@@ -372,27 +319,14 @@ async fn exchange_cycles_and_inputs_travel_through_storage() {
     // Threshold 4 KiB: outputs are externalized; request cap 4 KiB: inputs are uploaded.
     let s = start(4096, 4096).await;
     let c = s.client();
-    let factor = RecordBatch::try_new(
-        schema(&[("factor", DataType::Float64)]),
-        vec![Arc::new(Float64Array::from(vec![0.5]))],
-    )
-    .unwrap();
-    let mut st = c
-        .open_stream(CallRequest::new("test.Streams.v1", "scale", factor))
-        .await
-        .unwrap();
+    let mut st = open_scale(&c, 0.5).await;
     for round in 0..3 {
         let input: Vec<f64> = (0..2000).map(|i| (i + round) as f64).collect();
         let mut md = Metadata::new();
         md.insert("round".into(), round.to_string());
         let out = st.exchange(values(&input), md).await.unwrap();
         assert!(out.externalized.is_some());
-        let v = out
-            .batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .unwrap();
+        let v = out.batch.column(0).as_primitive::<Float64Type>();
         assert_eq!(v.value(10), (10 + round) as f64 * 0.5);
         // The input went through a pointer: the method saw its payload's metadata plus the
         // location stamps, never the tokens.
@@ -407,14 +341,7 @@ async fn exchange_cycles_and_inputs_travel_through_storage() {
 async fn tokens_are_required_signed_and_bound() {
     let s = start(1 << 30, 1 << 20).await;
     let url = format!("{}/test.Streams.v1/count/exchange", s.base);
-    let empty = || {
-        RecordBatch::try_new_with_options(
-            Arc::new(Schema::empty()),
-            vec![],
-            &arrow_array::RecordBatchOptions::new().with_row_count(Some(0)),
-        )
-        .unwrap()
-    };
+    let empty = no_params;
     // No tokens.
     let resp = post_raw(
         &url,

@@ -4,6 +4,7 @@
 //! Needs `SPILLWAY_VGI_PYTHON` (a Python with vgi-rpc; `scripts/test.sh` sets it). Without it
 //! the tests print a loud skip message and pass, unless `SPILLWAY_REQUIRE_PYTHON=1` or
 //! `SPILLWAY_REQUIRE_SERVERS=1`, in which case they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -27,28 +28,9 @@ impl Drop for Service {
     }
 }
 
-fn required() -> bool {
-    ["SPILLWAY_REQUIRE_PYTHON", "SPILLWAY_REQUIRE_SERVERS"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|v| v == "1"))
-}
-
 /// Starts the service, or returns `None` (after saying why) when no Python is configured.
 fn start() -> Option<Service> {
-    let Some(python) = std::env::var_os("SPILLWAY_VGI_PYTHON").filter(|v| !v.is_empty()) else {
-        assert!(
-            !required(),
-            "SPILLWAY_VGI_PYTHON is not set but servers are required; run ./scripts/test.sh or \
-             export SPILLWAY_VGI_PYTHON=$(scripts/vgi-reference.sh python)"
-        );
-        eprintln!(
-            "\n**********************************************************************\n\
-             ** fake_storage tests SKIPPED: set SPILLWAY_VGI_PYTHON to a Python   **\n\
-             ** with vgi-rpc 0.52.2 (scripts/vgi-reference.sh python)            **\n\
-             **********************************************************************\n"
-        );
-        return None;
-    };
+    let python = spillway_test_support::require_python()?;
     let mut child = Command::new(python)
         .args(["-m", "vgi_rpc.conformance.fake_storage", "--port", "0"])
         .stdout(Stdio::piped())

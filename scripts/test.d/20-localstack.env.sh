@@ -4,7 +4,9 @@
 # Exports SPILLWAY_TEST_S3_ENDPOINT and the AWS settings LocalStack accepts (any access key id,
 # secret key "test"); the tests create their own buckets. Instance metadata is disabled so the
 # AWS credential and region chains never leave the machine.
-LOCALSTACK_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+LOCALSTACK_PORT="$(free_port)"
 export LOCALSTACK_PORT
 CLEANUP+=("LOCALSTACK_PORT=$LOCALSTACK_PORT scripts/localstack.sh stop")
 scripts/localstack.sh start

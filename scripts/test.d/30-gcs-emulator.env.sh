@@ -2,7 +2,9 @@
 # on a free 127.0.0.1 port, for storage-backends/gcs/tests and tests/gcs_*.rs.
 # Exports SPILLWAY_TEST_GCS_ENDPOINT and SPILLWAY_TEST_GCS_BUCKET; the emulator is stopped
 # when the test command exits.
-SPILLWAY_GCS_EMULATOR_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+SPILLWAY_GCS_EMULATOR_PORT="$(free_port)"
 SPILLWAY_GCS_EMULATOR_LOG="${SPILLWAY_TOOLS_DIR:-$HOME/.cache/spillway-tools}/gcs-emulator-test.log"
 export SPILLWAY_GCS_EMULATOR_PORT SPILLWAY_GCS_EMULATOR_LOG
 CLEANUP+=("SPILLWAY_GCS_EMULATOR_PORT=$SPILLWAY_GCS_EMULATOR_PORT scripts/gcs-emulator.sh stop")

@@ -17,42 +17,12 @@ REQUIREMENTS=tests/chart/requirements.txt
 TOOLS_DIR="${SPILLWAY_TOOLS_DIR:-$HOME/.cache/spillway-tools}"
 MIN_MINOR=10 # helm-python-sdk needs Python >= 3.10
 
-say() { echo "chart-tests: $*" >&2; }
-die() {
-  say "error: $*"
-  exit 1
-}
+SCRIPT_TAG=chart-tests
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
-new_enough() {
-  "$1" -c "import sys; sys.exit(sys.version_info < (3, $MIN_MINOR))" >/dev/null 2>&1
-}
-
-find_python() {
-  local cand root
-  if [ -n "${SPILLWAY_CHART_PYTHON:-}" ]; then
-    new_enough "$SPILLWAY_CHART_PYTHON" && { echo "$SPILLWAY_CHART_PYTHON"; return 0; }
-    die "SPILLWAY_CHART_PYTHON=$SPILLWAY_CHART_PYTHON is not a working Python >= 3.$MIN_MINOR"
-  fi
-  for cand in python3 python3.13 python3.12 python3.11 python3.10; do
-    # A pyenv shim for a version that is not selected fails to run: new_enough rejects it.
-    if command -v "$cand" >/dev/null 2>&1 && new_enough "$cand"; then
-      command -v "$cand"
-      return 0
-    fi
-  done
-  root="${PYENV_ROOT:-$HOME/.pyenv}"
-  if [ -d "$root/versions" ]; then
-    while IFS= read -r cand; do
-      if [ -x "$cand" ] && new_enough "$cand"; then
-        echo "$cand"
-        return 0
-      fi
-    done < <(printf '%s\n' "$root"/versions/3.*/bin/python3 | sort -V -r)
-  fi
-  die "no Python >= 3.$MIN_MINOR found (set SPILLWAY_CHART_PYTHON, or 'pyenv install 3.12')"
-}
-
-PY="$(find_python)"
+PY="$(find_python "$MIN_MINOR" SPILLWAY_CHART_PYTHON python3 python3.13 python3.12 python3.11 python3.10)" ||
+  die "the chart tests need a Python >= 3.$MIN_MINOR"
 PY_VERSION="$("$PY" -c 'import platform; print(platform.python_version())')"
 # The venv is keyed by the pins and the interpreter: changing either builds a fresh one.
 KEY="$( (cat "$REQUIREMENTS"; echo "$PY_VERSION") | sha256sum | cut -c1-12)"

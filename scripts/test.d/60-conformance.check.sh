@@ -54,7 +54,12 @@ elif [ -n "${VGI_SERVER_CMD:-}" ]; then
   label="conformance ($VGI_SERVER_CMD)"
 else
   cargo build -p spillway-conformance
-  export VGI_SERVER_CMD="$PWD/${CARGO_TARGET_DIR:-target}/debug/spillway-conformance"
+  target_dir="${CARGO_TARGET_DIR:-target}"
+  case "$target_dir" in
+    /*) ;; # an absolute CARGO_TARGET_DIR is used as it is
+    *) target_dir="$PWD/$target_dir" ;;
+  esac
+  export VGI_SERVER_CMD="$target_dir/debug/spillway-conformance"
   label="conformance (spillway)"
 fi
 

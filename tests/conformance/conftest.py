@@ -5,7 +5,8 @@
 # target/debug/spillway-conformance. Spillway's additions, at the end of the file: the optional
 # fixtures the suite asks for with request.getfixturevalue (strict response cap, small request
 # cap, cold call-state cache, compression disabled, and the protocol connector the
-# multi-protocol and error-model groups use), which both servers get alike.
+# multi-protocol and error-model groups use), which both servers get alike; and _connect, the
+# one connection helper of conformance_conn and the protocol connector.
 """Runner conftest: drive the shared vgi-rpc 0.52.2 conformance suite against a FOREIGN HTTP server.
 
 The server is any executable that prints ``PORT:<n>`` on stdout once listening.  Its command line
@@ -123,31 +124,40 @@ def conformance_http_externalize_always_port(conformance_fake_storage: str) -> I
         yield port
 
 
+def _connect(
+    request: pytest.FixtureRequest, protocol: type, transport: str, on_log: Any = None
+) -> contextlib.AbstractContextManager[Any]:
+    """A proxy bound to *protocol* on the worker the *transport* names: ``"http"``, or any other
+    name for the externalize-always worker (its client fetches externalized data)."""
+    from vgi_rpc.external import ClientExternalConfig
+    from vgi_rpc.http import http_connect
+
+    if transport == "http":
+        port = request.getfixturevalue("conformance_http_port")
+        return http_connect(protocol, f"http://127.0.0.1:{port}", on_log=on_log)
+
+    @contextlib.contextmanager
+    def _ext() -> Iterator[Any]:
+        port = request.getfixturevalue("conformance_http_externalize_always_port")
+        cfg = ClientExternalConfig(url_validator=None)
+        try:
+            with http_connect(
+                protocol, f"http://127.0.0.1:{port}", on_log=on_log, external_location=cfg
+            ) as proxy:
+                yield proxy
+        finally:
+            cfg.fetch_config.close()
+
+    return _ext()
+
+
 @pytest.fixture(params=["http", "http_externalize_always"])
 def conformance_conn(request: pytest.FixtureRequest) -> Callable[..., Any]:
     """HTTP-only connection factory; param names must start with 'http' (the suite checks)."""
     from vgi_rpc.conformance import ConformanceService
-    from vgi_rpc.external import ClientExternalConfig
-    from vgi_rpc.http import http_connect
 
     def factory(on_log: Any = None) -> contextlib.AbstractContextManager[Any]:
-        if request.param == "http":
-            port = request.getfixturevalue("conformance_http_port")
-            return http_connect(ConformanceService, f"http://127.0.0.1:{port}", on_log=on_log)
-
-        @contextlib.contextmanager
-        def _ext() -> Iterator[Any]:
-            port = request.getfixturevalue("conformance_http_externalize_always_port")
-            cfg = ClientExternalConfig(url_validator=None)
-            try:
-                with http_connect(
-                    ConformanceService, f"http://127.0.0.1:{port}", on_log=on_log, external_location=cfg
-                ) as proxy:
-                    yield proxy
-            finally:
-                cfg.fetch_config.close()
-
-        return _ext()
+        return _connect(request, ConformanceService, request.param, on_log)
 
     return factory
 
@@ -191,26 +201,8 @@ def conformance_protocol_connector(
 ) -> Callable[..., contextlib.AbstractContextManager[Any]]:
     """``connector(transport, protocol, on_log=None)``: a proxy bound to *protocol* on the worker
     the ``conformance_conn`` transport names (multi-protocol hosting and the error model)."""
-    from vgi_rpc.external import ClientExternalConfig
-    from vgi_rpc.http import http_connect
 
     def connect(transport: str, protocol: type, on_log: Any = None) -> contextlib.AbstractContextManager[Any]:
-        if transport == "http":
-            port = request.getfixturevalue("conformance_http_port")
-            return http_connect(protocol, f"http://127.0.0.1:{port}", on_log=on_log)
-
-        @contextlib.contextmanager
-        def _ext() -> Iterator[Any]:
-            port = request.getfixturevalue("conformance_http_externalize_always_port")
-            cfg = ClientExternalConfig(url_validator=None)
-            try:
-                with http_connect(
-                    protocol, f"http://127.0.0.1:{port}", on_log=on_log, external_location=cfg
-                ) as proxy:
-                    yield proxy
-            finally:
-                cfg.fetch_config.close()
-
-        return _ext()
+        return _connect(request, protocol, transport, on_log)
 
     return connect

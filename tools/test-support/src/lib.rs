@@ -3,14 +3,30 @@
 //! The one rule for tests that need an outside server (LocalStack, the GCS emulator, the Python
 //! reference): without its environment variable a test is *skipped* with a loud message, unless
 //! `SPILLWAY_REQUIRE_SERVERS=1` (set by `./scripts/test.sh` and so by CI), where it *fails*.
-//! A test never passes silently for lack of its server.
+//! A test never passes silently for lack of its server: the skip message goes to the process's
+//! stderr, which the test harness does not capture.
+
+use std::io::Write;
+use std::path::PathBuf;
 
 /// The variable that turns a missing test server from a skip into a failure.
 pub const REQUIRE_SERVERS: &str = "SPILLWAY_REQUIRE_SERVERS";
 
+/// The variable naming a Python with vgi-rpc 0.52.2 (`scripts/vgi-reference.sh python` prints
+/// one), for the tests against the Python reference.
+pub const VGI_PYTHON: &str = "SPILLWAY_VGI_PYTHON";
+
+/// The variable that, like [`REQUIRE_SERVERS`], makes a missing [`VGI_PYTHON`] a failure
+/// (`scripts/test.d/10-python-reference.env.sh` sets it).
+pub const REQUIRE_PYTHON: &str = "SPILLWAY_REQUIRE_PYTHON";
+
 /// Whether missing test servers are failures (`SPILLWAY_REQUIRE_SERVERS=1`).
 pub fn servers_required() -> bool {
-    std::env::var(REQUIRE_SERVERS).is_ok_and(|v| v == "1")
+    flag_set(REQUIRE_SERVERS)
+}
+
+fn flag_set(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
 }
 
 /// The value of `var`, which names the server `what` (e.g. "LocalStack"); `None` (with a
@@ -22,8 +38,9 @@ pub fn servers_required() -> bool {
 /// server.
 ///
 /// ```
-/// let endpoint = spillway_test_support::require_env("SPILLWAY_TEST_NO_SUCH_VAR", "nothing");
+/// // (Under `SPILLWAY_REQUIRE_SERVERS=1` the call would fail this example, as it should.)
 /// # if !spillway_test_support::servers_required() {
+/// let endpoint = spillway_test_support::require_env("SPILLWAY_TEST_NO_SUCH_VAR", "nothing");
 /// assert!(endpoint.is_none());
 /// # }
 /// ```
@@ -60,6 +77,19 @@ pub fn require_envs<const N: usize>(vars: [&str; N], what: &str) -> Option<[Stri
     None
 }
 
+/// The Python of [`VGI_PYTHON`], or `None` (with a message) as [`require_env`].
+///
+/// # Panics
+/// When it is missing and [`servers_required`] or `SPILLWAY_REQUIRE_PYTHON=1`.
+pub fn require_python() -> Option<PathBuf> {
+    let what = "a Python with vgi-rpc 0.52.2: scripts/vgi-reference.sh python prints one";
+    let set = std::env::var(VGI_PYTHON).is_ok_and(|v| !v.is_empty());
+    if !set && flag_set(REQUIRE_PYTHON) {
+        panic!("{REQUIRE_PYTHON}=1 but {VGI_PYTHON} is not set ({what})");
+    }
+    require_env(VGI_PYTHON, what).map(PathBuf::from)
+}
+
 /// Reports a test that cannot run here: a failure when servers are required, else a skip
 /// message on stderr.
 ///
@@ -69,7 +99,11 @@ pub fn skip_or_fail(reason: &str) {
     if servers_required() {
         panic!("{REQUIRE_SERVERS}=1 but {reason}: run ./scripts/test.sh, which starts the test servers");
     }
-    eprintln!("\n*** SKIPPED: {reason}. Run ./scripts/test.sh to run this test. ***\n");
+    // Not `eprintln!`: the test harness captures that and shows it only for failing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: {reason}. Run ./scripts/test.sh to run this test. ***\n"
+    );
 }
 
 /// `len` bytes of a repeatable pseudo-random sequence (xorshift64*, seeded): test payloads

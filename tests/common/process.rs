@@ -1,0 +1,103 @@
+//! The built `spillway` binary: spawned, waited for, and stopped by its own pid.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `spillway` binary of this build.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_spillway");
+
+/// How long `spillway serve` gets to print its startup line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A port that was free a moment ago (the OS picks it; the listener is dropped at once).
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot bind an ephemeral port on 127.0.0.1")
+}
+
+/// Spawns `cmd` (a `spillway serve`) with its stderr piped, and waits until it prints
+/// "spillway serving"; its stderr is drained from then on, so the server never blocks on a
+/// full pipe.
+///
+/// # Panics
+/// When the line does not come within 30 s (the process is killed first).
+pub(crate) fn spawn_and_wait(cmd: &mut Command) -> Child {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("spillway serving") => return child,
+            Ok(_) => continue,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("spillway serve did not start");
+            }
+        }
+    }
+}
+
+/// A `spillway serve` process on 127.0.0.1 with a private object directory, killed (by its
+/// own pid) when dropped.
+pub(crate) struct ServedBinary {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ServedBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServedBinary {
+    /// `spillway serve` configured by the environment only: the listen address, a private
+    /// object directory (so parallel tests do not share one) and `env`; nothing inherited
+    /// but `PATH`.
+    pub(crate) fn start(env: &[(&str, &str)]) -> ServedBinary {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SPILLWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SPILLWAY_LOCAL_DIR", dir.path())
+            .stdout(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        ServedBinary {
+            child: spawn_and_wait(&mut cmd),
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+}
+
+/// `spillway call --url URL ARGS...` (whatever `SPILLWAY_PREFIX` the caller exported), run to
+/// completion.
+pub(crate) fn call(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("call")
+        .arg("--url")
+        .arg(url)
+        .args(args)
+        .env_remove("SPILLWAY_PREFIX")
+        .output()
+        .unwrap()
+}
