@@ -9,6 +9,7 @@ use url::Url;
 
 use crate::error::{Error, FetchFailure, Result};
 use crate::url_policy::UrlPolicy;
+use crate::wire::http::normalize_content_encoding;
 
 /// What a request needs besides its URL.
 #[derive(Debug, Clone)]
@@ -74,22 +75,6 @@ pub(crate) fn parse_content_range(value: &str) -> Option<ContentRange> {
     Some(ContentRange::Bytes { first, last, total })
 }
 
-/// `Content-Encoding` as the wire spec wants it: lowercase, up to the first `;`, trimmed;
-/// `identity` and empty mean none.
-pub(crate) fn normalize_encoding(raw: Option<&str>) -> Option<String> {
-    let e = raw?
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if e.is_empty() || e == "identity" {
-        None
-    } else {
-        Some(e)
-    }
-}
-
 impl Head {
     pub(crate) fn of(resp: &reqwest::Response) -> Head {
         let h = resp.headers();
@@ -102,7 +87,7 @@ impl Head {
             content_range: content_range_raw.as_deref().and_then(parse_content_range),
             content_range_raw,
             etag: text(header::ETAG).map(|v| v.trim().to_string()),
-            content_encoding: normalize_encoding(text(header::CONTENT_ENCODING)),
+            content_encoding: normalize_content_encoding(text(header::CONTENT_ENCODING)),
             accept_ranges: text(header::ACCEPT_RANGES)
                 .is_some_and(|v| v.split(',').any(|u| u.trim().eq_ignore_ascii_case("bytes"))),
         }
@@ -296,9 +281,12 @@ mod tests {
         )));
         assert!(!is_presigned(&u("https://h/k?Signature=b")));
         assert!(!is_presigned(&u("https://h/k")));
-        assert_eq!(normalize_encoding(Some("ZSTD; q=1")), Some("zstd".into()));
-        assert_eq!(normalize_encoding(Some(" identity ")), None);
-        assert_eq!(normalize_encoding(None), None);
+        assert_eq!(
+            normalize_content_encoding(Some("ZSTD; q=1")),
+            Some("zstd".into())
+        );
+        assert_eq!(normalize_content_encoding(Some(" identity ")), None);
+        assert_eq!(normalize_content_encoding(None), None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub(crate) enum Encoding {
 }
 
 impl Encoding {
-    /// From a normalized `Content-Encoding` (see `http::normalize_encoding`).
+    /// From a normalized `Content-Encoding` (see `crate::wire::http::normalize_content_encoding`).
     pub(crate) fn parse(normalized: Option<&str>) -> Result<Encoding> {
         match normalized {
             None => Ok(Encoding::Identity),

@@ -25,16 +25,16 @@ use tokio::task::JoinSet;
 
 /// The reference's knobs (its defaults, except `max_parallel`, set equal to the other
 /// contenders' concurrency, and the fetch cap, raised to fit the benchmark object).
-pub struct RefConfig {
-    pub parallel_threshold: u64,
-    pub chunk_size: u64,
-    pub max_parallel: usize,
-    pub multiplier: f64,
-    pub max_hedges: usize,
+pub(crate) struct RefConfig {
+    pub(crate) parallel_threshold: u64,
+    pub(crate) chunk_size: u64,
+    pub(crate) max_parallel: usize,
+    pub(crate) multiplier: f64,
+    pub(crate) max_hedges: usize,
 }
 
 impl RefConfig {
-    pub fn new(max_parallel: usize) -> RefConfig {
+    pub(crate) fn new(max_parallel: usize) -> RefConfig {
         RefConfig {
             parallel_threshold: 64 * 1024 * 1024,
             chunk_size: 8 * 1024 * 1024,
@@ -48,7 +48,7 @@ impl RefConfig {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Fetches `url` the way the reference does; returns the bytes and the hedges launched.
-pub async fn fetch(
+pub(crate) async fn fetch(
     client: &reqwest::Client,
     url: &str,
     cfg: &RefConfig,
