@@ -7,18 +7,14 @@ use arrow_array::{RecordBatch, RecordBatchOptions};
 use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 
-use super::{
-    build_request_body, emit_log, parse_error_body, CallRequest, Client, ExternalizedInfo,
-    RawResponse, RPC_ERROR_HEADER,
-};
+use super::request::CallRequest;
+use super::response::{emit_log, ExternalizedInfo, Reply};
+use super::Client;
 use crate::error::{Error, Result};
 use crate::wire::{
-    classify, keys, read_streams, write_stream, BatchKind, LogMessage, MetaBatch, Metadata,
-    ReadLimits, RpcError,
+    classify, keys, read_streams, write_stream, BatchKind, IpcStream, LogMessage, MetaBatch,
+    Metadata, ReadLimits, RpcError,
 };
-
-/// The key that cancels a stream.
-const CANCEL_KEY: &str = "vgi_rpc.cancel";
 
 /// Most consecutive producer steps without data before the client gives up (a producer that
 /// only logs forever would otherwise spin).
@@ -89,24 +85,19 @@ impl Client {
     /// producer the first step runs inside `/init`, and its batch (if any) is returned by the
     /// first [`ClientStream::next`].
     pub async fn open_stream(&self, request: CallRequest) -> Result<ClientStream> {
-        super::validate_protocol_name(&request.protocol)?;
-        super::validate_method_name(&request.method)?;
-        let url = format!(
-            "{}{}/{}/{}",
-            self.inner.root, self.inner.prefix, request.protocol, request.method
-        );
-        let (schema, metadata, body) = build_request_body(&request)?;
-        let resp = self
-            .post_maybe_uploading(
-                &format!("{url}/init"),
-                &schema,
-                &metadata,
-                Bytes::from(body),
+        let call = self.prepare(&request)?;
+        let reply = self
+            .post_call(
+                &format!("{}/init", call.url),
+                &request.method,
+                &call.schema,
+                &call.metadata,
+                call.body,
             )
             .await?;
         let mut stream = ClientStream {
             client: self.clone(),
-            url,
+            url: call.url,
             method: request.method.clone(),
             header: None,
             init_logs: Vec::new(),
@@ -116,39 +107,8 @@ impl Client {
             buffered: None,
             finished: false,
         };
-        stream.read_init(resp).await?;
+        stream.read_init(reply).await?;
         Ok(stream)
-    }
-
-    /// POSTs a body, falling back to the upload-URL flow when it is too large.
-    async fn post_maybe_uploading(
-        &self,
-        url: &str,
-        schema: &SchemaRef,
-        metadata: &Metadata,
-        body: Bytes,
-    ) -> Result<RawResponse> {
-        let caps = self.capabilities().await?;
-        let upload_allowed = self.inner.config.upload_large_requests && caps.upload_url_support;
-        let too_big = caps
-            .max_request_bytes
-            .is_some_and(|cap| body.len() as u64 > cap);
-        let resp = if upload_allowed && too_big {
-            self.post_via_upload(url, &caps, schema, metadata, body.clone())
-                .await?
-        } else {
-            let resp = self.post_rpc(url, &caps, body.clone()).await?;
-            if resp.status == 413 && upload_allowed {
-                self.post_via_upload(url, &caps, schema, metadata, body.clone())
-                    .await?
-            } else {
-                resp
-            }
-        };
-        if resp.status == 413 {
-            return Err(self.request_too_large(&caps, body.len()));
-        }
-        Ok(resp)
     }
 }
 
@@ -171,19 +131,6 @@ impl ClientStream {
     /// True once a producer has finished.
     pub fn is_finished(&self) -> bool {
         self.finished
-    }
-
-    fn check_status(&self, resp: &RawResponse) -> Result<()> {
-        if !(200..300).contains(&resp.status) {
-            if let Some(e) = parse_error_body(&resp.body) {
-                return Err(e.into());
-            }
-            return Err(Error::HttpStatus {
-                status: resp.status,
-                url: spillway_storage::redact_url(&self.url),
-            });
-        }
-        Ok(())
     }
 
     /// Parses a response stream: sentinels first, then logs, errors, pointers and data.
@@ -239,21 +186,8 @@ impl ClientStream {
             });
         }
         let (outer_cursor, _) = strip_tokens(&mut b.metadata);
-        let location = b
-            .metadata
-            .get(keys::LOCATION)
-            .map(|u| spillway_storage::redact_url(u))
-            .unwrap_or_default();
-        let (resolved, stats) = self
-            .client
-            .inner
-            .fetcher
-            .resolve(&b, self.client.inner.config.progress.as_ref())
-            .await?;
-        for log in &resolved.logs {
-            emit_log(&self.method, log);
-        }
-        reply.logs.extend(resolved.logs.iter().cloned());
+        let resolved = self.client.resolve_pointer(&self.method, &b).await?;
+        reply.logs.extend(resolved.logs);
         let mut md = resolved.batch.metadata;
         let (inner_cursor, _) = strip_tokens(&mut md);
         if let Some(c) = inner_cursor.or(outer_cursor) {
@@ -263,24 +197,12 @@ impl ClientStream {
             batch: resolved.batch.batch,
             metadata: md,
             logs: Vec::new(),
-            externalized: Some(ExternalizedInfo {
-                url: location,
-                stats,
-            }),
+            externalized: Some(resolved.externalized),
         })
     }
 
-    fn flagged(resp: &RawResponse) -> bool {
-        resp.headers
-            .get(RPC_ERROR_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-    }
-
-    async fn read_init(&mut self, resp: RawResponse) -> Result<()> {
-        self.check_status(&resp)?;
-        let flagged = Self::flagged(&resp);
-        let mut streams = read_streams(resp.body, ReadLimits::default())?;
+    async fn read_init(&mut self, reply: Reply) -> Result<()> {
+        let mut streams = reply.parse(|body| read_streams(body, ReadLimits::default()))?;
         if streams.len() > 2 {
             return Err(Error::Protocol(format!(
                 "stream init response holds {} ipc streams, expected 1 or 2",
@@ -289,49 +211,50 @@ impl ClientStream {
         }
         if streams.len() == 2 {
             let header = streams.remove(0);
-            let reply = self.read_output(header.schema, header.batches).await?;
-            let mut header_batch = reply.data.ok_or_else(|| {
+            let step = self.read_output(header.schema, header.batches).await?;
+            let mut header_batch = step.data.ok_or_else(|| {
                 Error::Protocol("stream header stream holds no header batch".into())
             })?;
-            header_batch.logs = reply.logs;
+            header_batch.logs = step.logs;
             self.header = Some(header_batch);
         }
         let output = streams
             .pop()
             .ok_or_else(|| Error::Protocol("empty stream init response".into()))?;
-        let reply = self.read_output(output.schema, output.batches).await?;
-        if flagged {
-            return Err(Error::Protocol(format!(
-                "server flagged an error ({RPC_ERROR_HEADER}) but sent no exception batch"
-            )));
-        }
-        self.output_schema = Some(reply.schema.clone());
-        self.call = reply.call;
-        self.cursor = reply.cursor;
+        let step = self.read_output(output.schema, output.batches).await?;
+        reply.check_flag()?;
+        self.output_schema = Some(step.schema.clone());
+        self.call = step.call;
+        self.cursor = step.cursor;
         self.finished = self.cursor.is_none();
-        match reply.data {
+        match step.data {
             Some(mut d) => {
-                d.logs = reply.logs;
+                d.logs = step.logs;
                 self.buffered = Some(d);
             }
-            None => self.init_logs = reply.logs,
+            None => self.init_logs = step.logs,
         }
         Ok(())
     }
 
-    fn tokens(&self) -> Result<(String, String)> {
-        match (&self.cursor, &self.call) {
-            (Some(c), Some(k)) => Ok((c.clone(), k.clone())),
-            _ => Err(Error::Protocol("the stream has finished".into())),
-        }
+    /// `extra` plus the stream's two state tokens, for the next `/exchange` POST.
+    fn step_metadata(&self, extra: Metadata) -> Result<Metadata> {
+        let (Some(cursor), Some(call)) = (&self.cursor, &self.call) else {
+            return Err(Error::Protocol("the stream has finished".into()));
+        };
+        let mut md = extra;
+        md.insert(keys::STREAM_STATE.into(), cursor.clone());
+        md.insert(keys::CALL_STATE.into(), call.clone());
+        Ok(md)
     }
 
+    /// POSTs one step (`batch` with `md`) to `/exchange` through the client's request path.
     async fn post_step(
         &self,
         schema: &SchemaRef,
         batch: RecordBatch,
         md: Metadata,
-    ) -> Result<RawResponse> {
+    ) -> Result<Reply> {
         let body = write_stream(
             schema,
             &[MetaBatch {
@@ -340,13 +263,32 @@ impl ClientStream {
             }],
         )?;
         self.client
-            .post_maybe_uploading(
+            .post_call(
                 &format!("{}/exchange", self.url),
+                &self.method,
                 schema,
                 &md,
                 Bytes::from(body),
             )
             .await
+    }
+
+    /// One step: POST, then its output stream read (pointers resolved, tokens collected).
+    async fn step(
+        &self,
+        schema: &SchemaRef,
+        batch: RecordBatch,
+        md: Metadata,
+    ) -> Result<StepReply> {
+        let reply = self.post_step(schema, batch, md).await?;
+        let streams: Vec<IpcStream> =
+            reply.parse(|body| read_streams(body, ReadLimits::default()))?;
+        let Some(output) = streams.into_iter().next() else {
+            return Err(Error::Protocol("empty stream response".into()));
+        };
+        let step = self.read_output(output.schema, output.batches).await?;
+        reply.check_flag()?;
+        Ok(step)
     }
 
     /// Producer: the next batch, or `None` once the stream has finished.
@@ -364,22 +306,14 @@ impl ClientStream {
             if self.finished {
                 return Ok(None);
             }
-            let (cursor, call) = self.tokens()?;
-            let mut md = tick.clone();
-            md.insert(keys::STREAM_STATE.into(), cursor);
-            md.insert(keys::CALL_STATE.into(), call);
-            let schema = Arc::new(Schema::empty());
-            let resp = self.post_step(&schema, empty_batch()?, md).await?;
-            self.check_status(&resp)?;
-            let streams = read_streams(resp.body, ReadLimits::default())?;
-            let Some(output) = streams.into_iter().next() else {
-                return Err(Error::Protocol("empty stream response".into()));
-            };
-            let reply = self.read_output(output.schema, output.batches).await?;
-            carried_logs.extend(reply.logs);
-            self.cursor = reply.cursor;
+            let md = self.step_metadata(tick.clone())?;
+            let step = self
+                .step(&Arc::new(Schema::empty()), empty_batch()?, md)
+                .await?;
+            carried_logs.extend(step.logs);
+            self.cursor = step.cursor;
             self.finished = self.cursor.is_none();
-            if let Some(mut d) = reply.data {
+            if let Some(mut d) = step.data {
                 d.logs = carried_logs;
                 return Ok(Some(d));
             }
@@ -396,25 +330,15 @@ impl ClientStream {
         input: RecordBatch,
         metadata: Metadata,
     ) -> Result<StreamBatch> {
-        let (cursor, call) = self.tokens()?;
-        let mut md = metadata;
-        md.insert(keys::STREAM_STATE.into(), cursor);
-        md.insert(keys::CALL_STATE.into(), call);
-        let schema = input.schema();
-        let resp = self.post_step(&schema, input, md).await?;
-        self.check_status(&resp)?;
-        let streams = read_streams(resp.body, ReadLimits::default())?;
-        let Some(output) = streams.into_iter().next() else {
-            return Err(Error::Protocol("empty stream response".into()));
-        };
-        let reply = self.read_output(output.schema, output.batches).await?;
-        let mut data = reply
+        let md = self.step_metadata(metadata)?;
+        let step = self.step(&input.schema(), input, md).await?;
+        let mut data = step
             .data
             .ok_or_else(|| Error::Protocol("exchange response holds no data batch".into()))?;
-        if let Some(c) = reply.cursor {
+        if let Some(c) = step.cursor {
             self.cursor = Some(c);
         }
-        data.logs = reply.logs;
+        data.logs = step.logs;
         Ok(data)
     }
 
@@ -423,14 +347,10 @@ impl ClientStream {
         if self.finished && self.cursor.is_none() {
             return Ok(());
         }
-        let (cursor, call) = self.tokens()?;
-        let mut md = Metadata::new();
-        md.insert(keys::STREAM_STATE.into(), cursor);
-        md.insert(keys::CALL_STATE.into(), call);
-        md.insert(CANCEL_KEY.into(), "1".into());
+        let mut md = self.step_metadata(Metadata::new())?;
+        md.insert(keys::CANCEL.into(), "1".into());
         let schema = Arc::new(Schema::empty());
-        let resp = self.post_step(&schema, empty_batch()?, md).await?;
-        self.check_status(&resp)?;
+        self.post_step(&schema, empty_batch()?, md).await?;
         self.finished = true;
         self.cursor = None;
         Ok(())
