@@ -211,3 +211,26 @@ impl Server {
         (app.layer(axum::extract::DefaultBodyLimit::disable()), admin)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn try_router_refuses_a_prefix_that_is_not_a_path() {
+        let with_prefix = |prefix: &str| {
+            Server::new(ServerConfig {
+                prefix: prefix.to_string(),
+                ..ServerConfig::default()
+            })
+        };
+        for bad in ["/a?b", "/a#b", "/a b"] {
+            match with_prefix(bad).try_router() {
+                Err(Error::Config(msg)) => assert!(msg.contains("invalid prefix"), "{msg}"),
+                other => panic!("{bad:?} accepted: {:?}", other.map(|_| ())),
+            }
+        }
+        assert!(with_prefix("vgi/").try_into_routers().is_ok());
+        assert!(with_prefix("").try_router().is_ok());
+    }
+}

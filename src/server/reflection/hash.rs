@@ -10,7 +10,7 @@ use super::shapes::MethodShape;
 const HASH_DOMAIN: &[u8] = b"vgi_rpc.protocol_hash.v1|";
 
 /// The extension-type marker in Arrow field metadata.
-const EXTENSION_NAME_KEY: &str = "ARROW:extension:name";
+pub(super) const EXTENSION_NAME_KEY: &str = "ARROW:extension:name";
 
 /// A type with no canonical token: hashing it one-sidedly would make this port disagree with
 /// every other, so the protocol gets no hash instead.

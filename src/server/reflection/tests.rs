@@ -1,10 +1,12 @@
 //! Reflection against the reference's pinned tokens, hashes and encodings.
 use std::sync::Arc;
 
-use arrow_schema::{DataType, Field, Schema};
+use arrow_schema::{DataType, Field, Fields, IntervalUnit, Schema, TimeUnit};
 
 use super::encode::schema_ipc;
-use super::hash::{canonical_description, field_type_token, protocol_hash, type_token, Json};
+use super::hash::{
+    canonical_description, field_type_token, protocol_hash, type_token, Json, EXTENSION_NAME_KEY,
+};
 use super::shapes::{reflection_shapes, MethodShape, ShapeKind};
 use super::*;
 use arrow_schema::{FieldRef, UnionFields};
