@@ -2,6 +2,7 @@
 
 use spillway_storage::StorageError;
 
+use crate::url_policy::PolicyRefusal;
 use crate::wire::RpcError;
 
 /// Everything that can go wrong in Spillway's library code. Messages are lowercase and never
@@ -175,19 +176,82 @@ impl Error {
             .unwrap_or_default();
         // The source chain can echo the URL: keep only the innermost cause's text, redacted.
         let mut cause = String::new();
+        let mut refused = None;
         let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
         while let Some(s) = src {
             cause = s.to_string();
+            if let Some(r) = s.downcast_ref::<PolicyRefusal>() {
+                refused = Some(r.to_string());
+            }
             src = s.source();
         }
-        let cause = spillway_storage::redact_text(&cause);
-        if cause.contains("URL rejected") {
-            return Error::UrlRejected { url, reason: cause };
+        if let Some(reason) = refused {
+            return Error::UrlRejected {
+                url,
+                reason: spillway_storage::redact_text(&reason),
+            };
         }
+        let cause = spillway_storage::redact_text(&cause);
         if cause.is_empty() {
             Error::Http(format!("{kind} for {url}"))
         } else {
             Error::Http(format!("{kind} for {url}: {cause}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::url_policy::{PolicyResolver, UrlPolicy};
+
+    /// A resolver failing with plain text that merely looks like a refusal.
+    struct TextResolver;
+
+    impl reqwest::dns::Resolve for TextResolver {
+        fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+            Box::pin(async { Err("URL rejected: only words".into()) })
+        }
+    }
+
+    async fn fetch_error(client: reqwest::Client) -> Error {
+        let e = client
+            .get("http://localhost:9/k?X-Amz-Signature=secret")
+            .send()
+            .await
+            .expect_err("the resolver refuses");
+        Error::from_reqwest(e)
+    }
+
+    #[tokio::test]
+    async fn policy_refusals_are_found_by_type() {
+        let resolver = PolicyResolver::new(Arc::new(UrlPolicy::default()));
+        let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(resolver))
+            .build()
+            .unwrap();
+        match fetch_error(client).await {
+            Error::UrlRejected { url, reason } => {
+                assert!(!url.contains("secret"), "{url}");
+                assert_eq!(
+                    reason,
+                    "URL rejected: host localhost resolves to a loopback address"
+                );
+            }
+            other => panic!("not a refusal: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn refusal_text_without_the_type_is_an_http_error() {
+        let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(TextResolver))
+            .build()
+            .unwrap();
+        let e = fetch_error(client).await;
+        assert!(matches!(e, Error::Http(_)), "{e:?}");
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 }

@@ -239,8 +239,12 @@ impl Externalizer {
             (r, upload_started.elapsed())
         };
         let ((put_result, upload_time), encode_result) = tokio::join!(put, encode);
-        let (sha256, raw_bytes, stored_bytes, mut timings) =
-            encode_result.map_err(|e| Error::Internal(format!("encoder task failed: {e}")))??;
+        let Encoded {
+            sha256,
+            raw_bytes,
+            stored_bytes,
+            mut timings,
+        } = encode_result.map_err(|e| Error::Internal(format!("encoder task failed: {e}")))??;
         timings.upload = upload_time;
         let meta = put_result?;
         debug_assert_eq!(meta.size, stored_bytes);
@@ -284,23 +288,33 @@ impl From<io::Error> for EncodeError {
     }
 }
 
-/// Returns (sha256 hex, raw bytes, stored bytes, timings without the upload's).
+/// What the encoder thread produced.
+struct Encoded {
+    /// Lowercase hex sha256 of the raw IPC bytes.
+    sha256: String,
+    /// Raw IPC bytes.
+    raw_bytes: u64,
+    /// Bytes handed to the upload (after compression).
+    stored_bytes: u64,
+    /// The stage timings, without the upload's (measured by the caller).
+    timings: ExternalizeTimings,
+}
+
 fn encode_object(
     schema: &SchemaRef,
     batches: &[MetaBatch],
     compression: Compression,
     cap: Option<u64>,
     sink: ChunkSender,
-) -> std::result::Result<(String, u64, u64, ExternalizeTimings), EncodeError> {
+) -> std::result::Result<Encoded, EncodeError> {
     let started = Instant::now();
     let counter = StoredCounter { inner: sink };
-    let (hasher, counter) = match compression {
+    let (mut hashed, counter) = match compression {
         Compression::None => {
             let hasher = HashingWriter::new(Inner::Plain(counter), cap);
-            let hasher = write_batches(schema, batches, hasher)?;
-            let (digest, raw, hash_time, downstream, inner) = hasher.finish();
+            let (hashed, inner) = write_batches(schema, batches, hasher)?.finish();
             match inner {
-                Inner::Plain(c) => ((digest, raw, hash_time, downstream), c),
+                Inner::Plain(c) => (hashed, c),
                 Inner::Zstd(_) => unreachable_inner()?,
             }
         }
@@ -308,31 +322,35 @@ fn encode_object(
             let mut enc = zstd::stream::write::Encoder::new(counter, level)?;
             enc.include_checksum(false)?;
             let hasher = HashingWriter::new(Inner::Zstd(enc), cap);
-            let hasher = write_batches(schema, batches, hasher)?;
-            let (digest, raw, hash_time, mut downstream, inner) = hasher.finish();
+            let (mut hashed, inner) = write_batches(schema, batches, hasher)?.finish();
             match inner {
                 Inner::Zstd(enc) => {
                     let t = Instant::now();
                     let counter = enc.finish()?;
-                    downstream += t.elapsed();
-                    ((digest, raw, hash_time, downstream), counter)
+                    hashed.downstream_time += t.elapsed();
+                    (hashed, counter)
                 }
                 Inner::Plain(_) => unreachable_inner()?,
             }
         }
     };
-    let (digest, raw, hash, downstream) = hasher;
     let mut sink = counter.inner;
     sink.flush_chunk()?;
     let total = started.elapsed();
+    let downstream = std::mem::take(&mut hashed.downstream_time);
     let timings = ExternalizeTimings {
-        encode: total.saturating_sub(hash + downstream),
-        hash,
+        encode: total.saturating_sub(hashed.hash_time + downstream),
+        hash: hashed.hash_time,
         compress: downstream.saturating_sub(sink.wait),
         upload_wait: sink.wait,
         upload: Duration::ZERO,
     };
-    Ok((digest, raw, sink.sent, timings))
+    Ok(Encoded {
+        sha256: hashed.sha256,
+        raw_bytes: hashed.raw_bytes,
+        stored_bytes: sink.sent,
+        timings,
+    })
 }
 
 fn unreachable_inner<T>() -> std::result::Result<T, EncodeError> {
@@ -383,6 +401,16 @@ impl Write for Inner {
     }
 }
 
+/// What [`HashingWriter`] measured of the raw IPC bytes.
+struct Hashed {
+    sha256: String,
+    raw_bytes: u64,
+    /// Time spent hashing.
+    hash_time: Duration,
+    /// Time spent in the layers below (compression, chunking, waiting for the upload).
+    downstream_time: Duration,
+}
+
 /// Hashes and counts the raw IPC bytes on their way to compression, enforcing the cap.
 struct HashingWriter {
     hasher: Sha256,
@@ -405,12 +433,18 @@ impl HashingWriter {
         }
     }
 
-    fn finish(self) -> (String, u64, Duration, Duration, Inner) {
-        let raw = self.raw.load(Ordering::Relaxed);
+    /// The digest and counts, and the layer below (still to be finished).
+    fn finish(self) -> (Hashed, Inner) {
+        let raw_bytes = self.raw.load(Ordering::Relaxed);
         let t = Instant::now();
-        let digest = hex::encode(self.hasher.finalize());
-        let hash_time = self.hash_time + t.elapsed();
-        (digest, raw, hash_time, self.downstream_time, self.inner)
+        let sha256 = hex::encode(self.hasher.finalize());
+        let hashed = Hashed {
+            sha256,
+            raw_bytes,
+            hash_time: self.hash_time + t.elapsed(),
+            downstream_time: self.downstream_time,
+        };
+        (hashed, self.inner)
     }
 }
 

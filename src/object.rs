@@ -10,6 +10,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::wire::http::normalize_content_encoding;
 use crate::wire::{
     classify, keys, read_stream, schemas_equal, BatchKind, LogMessage, MetaBatch, ReadLimits,
     RpcError,
@@ -19,28 +20,19 @@ use crate::wire::{
 /// output above `max_decoded` (zstd frames that declare a larger size are refused before any
 /// allocation).
 pub fn decode_content(encoded: Bytes, encoding: Option<&str>, max_decoded: u64) -> Result<Bytes> {
-    let encoding = encoding
-        .map(|e| {
-            e.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
     let too_large = |what: String| Error::TooLarge {
         what,
         limit_name: "max_decompressed_bytes",
         limit: max_decoded,
     };
-    match encoding.as_str() {
-        "" | "identity" => {
+    match normalize_content_encoding(encoding).as_deref() {
+        None => {
             if encoded.len() as u64 > max_decoded {
                 return Err(too_large(format!("object of {} bytes", encoded.len())));
             }
             Ok(encoded)
         }
-        "zstd" => {
+        Some("zstd") => {
             if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(&encoded) {
                 if declared > max_decoded {
                     return Err(too_large(format!("zstd frame declaring {declared} bytes")));
@@ -50,11 +42,11 @@ pub fn decode_content(encoded: Bytes, encoding: Option<&str>, max_decoded: u64) 
                 .map_err(|e| Error::Protocol(format!("invalid zstd data: {e}")))?;
             read_capped(decoder, max_decoded, "zstd", &too_large)
         }
-        "gzip" => {
+        Some("gzip") => {
             let decoder = flate2::read::GzDecoder::new(&encoded[..]);
             read_capped(decoder, max_decoded, "gzip", &too_large)
         }
-        other => Err(Error::Protocol(format!(
+        Some(other) => Err(Error::Protocol(format!(
             "unsupported content-encoding {other:?}"
         ))),
     }

@@ -189,6 +189,13 @@ fn classify_v6(ip: Ipv6Addr) -> AddrClass {
     }
 }
 
+/// A refusal by the URL policy inside the HTTP stack (a host name resolving only to forbidden
+/// addresses), where only a boxed `std::error::Error` can travel. [`crate::Error`] finds it in
+/// a reqwest error's source chain and reports [`crate::Error::UrlRejected`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("URL rejected: {0}")]
+pub struct PolicyRefusal(pub String);
+
 /// A DNS resolver for reqwest that drops addresses the policy forbids, so a host name that
 /// resolves to, say, 169.254.169.254 cannot be fetched.
 #[derive(Debug, Clone)]
@@ -226,7 +233,7 @@ impl reqwest::dns::Resolve for PolicyResolver {
                     .first()
                     .and_then(|a| policy.ip_refusal(a.ip()))
                     .unwrap_or("unresolvable");
-                return Err(format!("URL rejected: host {host} resolves to {why}").into());
+                return Err(PolicyRefusal(format!("host {host} resolves to {why}")).into());
             }
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
@@ -296,6 +303,10 @@ mod tests {
             Err(e) => e.to_string(),
         };
         assert!(err.contains("URL rejected"), "{err}");
+        assert_eq!(
+            err,
+            "URL rejected: host localhost resolves to a loopback address"
+        );
         // ... and allowed when loopback is, with only allowed addresses returned.
         let local = PolicyResolver::new(Arc::new(UrlPolicy::local_testing()));
         let addrs: Vec<SocketAddr> = local.resolve(name()).await.unwrap().collect();

@@ -3,16 +3,16 @@
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
 
 use super::response::{json_error, request_too_large, ApiError};
 use crate::error::Error;
 use crate::object::decode_content;
+use crate::wire::http::{collect_capped, normalize_content_encoding, CappedError};
 use crate::wire::{RpcError, ARROW_STREAM_CONTENT_TYPE};
 
 /// Rejects anything but the exact Arrow stream content type (415, Arrow error body).
-pub fn check_content_type(headers: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), Response> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -32,8 +32,14 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), Response> {
 
 /// Reads the body: 413 when Content-Length or the bytes streamed exceed `cap` (never reading
 /// more than cap + 1 bytes), then decodes a `zstd`/`gzip` Content-Encoding, 413 again when the
-/// decoded body exceeds `cap`, 415 for other encodings, 400 for undecodable data.
-pub async fn read_body(headers: &HeaderMap, body: Body, cap: u64) -> Result<Bytes, Response> {
+/// decoded body exceeds `cap`, 415 for other encodings, 400 for undecodable data. The coding
+/// is read as the wire spec reads it ([`normalize_content_encoding`]: parameters dropped,
+/// case and spaces ignored).
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    cap: u64,
+) -> Result<Bytes, Response> {
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -43,11 +49,13 @@ pub async fn read_body(headers: &HeaderMap, body: Body, cap: u64) -> Result<Byte
             return Err(request_too_large(cap));
         }
     }
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let encoding = normalize_content_encoding(
+        headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?")),
+    );
     match encoding.as_deref() {
-        None | Some("identity") | Some("zstd") | Some("gzip") => {}
+        None | Some("zstd") | Some("gzip") => {}
         Some(other) => {
             return Err(json_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -56,18 +64,17 @@ pub async fn read_body(headers: &HeaderMap, body: Body, cap: u64) -> Result<Byte
             ))
         }
     }
-    let mut stream = body.into_data_stream();
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request(format!("error reading the request body: {e}")).into_response()
+    // No declared length here: it was checked above, and pre-sizing on a client's word would
+    // let an empty request reserve the whole cap.
+    let raw = collect_capped(body.into_data_stream(), None, cap)
+        .await
+        .map_err(|e| match e {
+            CappedError::TooLarge { .. } => request_too_large(cap),
+            CappedError::Stream(e) => {
+                ApiError::bad_request(format!("error reading the request body: {e}"))
+                    .into_response()
+            }
         })?;
-        if (buf.len() + chunk.len()) as u64 > cap {
-            return Err(request_too_large(cap));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    let raw = buf.freeze();
     match encoding.as_deref() {
         Some("zstd") | Some("gzip") => {
             let enc = encoding.clone();

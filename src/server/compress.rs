@@ -9,10 +9,10 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 
-use crate::wire::ARROW_STREAM_CONTENT_TYPE;
+use crate::wire::{http, ARROW_STREAM_CONTENT_TYPE};
 
 /// The codecs responses may be compressed with, in the server's preference order.
-pub const RESPONSE_CODECS: [&str; 2] = ["zstd", "gzip"];
+pub(crate) const RESPONSE_CODECS: [&str; 2] = ["zstd", "gzip"];
 
 /// zstd level for responses (fast: responses are small, the threshold keeps them so).
 const ZSTD_LEVEL: i32 = 1;
@@ -47,7 +47,7 @@ fn codecs(headers: &HeaderMap, name: &str) -> Vec<String> {
 
 /// The codec to use for a response to a request with these headers, if any.
 pub(crate) fn negotiate(headers: &HeaderMap) -> Option<(&'static str, Announce)> {
-    let custom = codecs(headers, "x-vgi-accept-encoding");
+    let custom = codecs(headers, http::VGI_ACCEPT_ENCODING);
     let standard = codecs(headers, "accept-encoding");
     let pick = |list: &[String]| -> Option<Option<&'static str>> {
         for c in list {
@@ -122,7 +122,7 @@ pub(crate) async fn compress_response(
         Ok(c) => {
             let name = match announce {
                 Announce::Standard => header::CONTENT_ENCODING,
-                Announce::Custom => header::HeaderName::from_static("x-vgi-content-encoding"),
+                Announce::Custom => header::HeaderName::from_static(http::VGI_CONTENT_ENCODING),
             };
             parts.headers.insert(name, HeaderValue::from_static(codec));
             parts.headers.remove(header::CONTENT_LENGTH);

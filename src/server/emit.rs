@@ -2,8 +2,8 @@
 
 use arrow_schema::SchemaRef;
 
-use super::request::rpc_error_from;
-use super::AppState;
+use super::response::rpc_error_from;
+use super::state::AppState;
 use crate::wire::{batch_buffer_size, write_stream, ErrorCode, MetaBatch, RpcError};
 
 /// The batches of one cycle as they go on the wire.

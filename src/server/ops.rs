@@ -14,9 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::sync::Mutex;
 
-use super::AppState;
+use super::state::AppState;
 
 /// How long a readiness verdict is reused.
 const READY_CACHE: Duration = Duration::from_secs(5);
@@ -40,12 +39,6 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
-}
-
-/// The cached readiness verdict.
-#[derive(Default)]
-pub(crate) struct Readiness {
-    last: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {

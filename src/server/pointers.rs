@@ -8,12 +8,10 @@ use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
-use bytes::BytesMut;
-use futures::StreamExt;
-use spillway_storage::{Storage, StorageError};
+use spillway_storage::{collect_capped, CappedError, Storage, StorageError};
 use url::Url;
 
-use super::AppState;
+use super::state::AppState;
 use crate::error::{Error, Result};
 use crate::object::{decode_content, resolve_object, ResolvedBatch};
 use crate::wire::{keys, Metadata};
@@ -67,25 +65,24 @@ pub(crate) async fn resolve_request_pointer(
         limit_name: "max_fetch_bytes",
         limit: cap,
     };
-    if got.meta.size > cap {
-        return Err(too_large(got.meta.size.to_string()));
-    }
-    let mut buf = BytesMut::with_capacity(got.meta.size as usize);
-    let mut stream = got.stream;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        if (buf.len() + chunk.len()) as u64 > cap {
-            return Err(too_large(format!("more than {cap}")));
-        }
-        buf.extend_from_slice(&chunk);
-    }
+    let buf = collect_capped(got.stream, Some(got.meta.size), cap)
+        .await
+        .map_err(|e| match e {
+            CappedError::TooLarge {
+                seen,
+                declared: true,
+                ..
+            } => too_large(seen.to_string()),
+            CappedError::TooLarge { .. } => too_large(format!("more than {cap}")),
+            CappedError::Stream(e) => Error::Storage(e),
+        })?;
     let encoding = got.meta.content_encoding.clone();
     let sha = md.get(keys::LOCATION_SHA256).cloned();
     let params = params.clone();
     let source = raw_url.clone();
     tracing::debug!(request_id, url = %redacted, bytes = buf.len(), "resolving request pointer");
     tokio::task::spawn_blocking(move || {
-        let decoded = decode_content(buf.freeze(), encoding.as_deref(), cap)?;
+        let decoded = decode_content(buf, encoding.as_deref(), cap)?;
         resolve_object(decoded, &params, sha.as_deref(), &source, started.elapsed())
     })
     .await

@@ -11,10 +11,12 @@ use axum::response::{IntoResponse, Response};
 
 use super::body::{check_content_type, read_body};
 use super::pointers::resolve_request_pointer;
-use super::response::ApiError;
-use super::service::{parse_semver, Method, Protocol};
-use super::AppState;
-use crate::error::Error;
+use super::protocol::{parse_semver, Method, Protocol};
+use super::response::{rpc_error_from, ApiError};
+use super::state::AppState;
+use crate::wire::http::{
+    ACCEPT_MAX_RESPONSE_BYTES, MAX_SIZE_HEADER_VALUE, MIN_ACCEPT_MAX_RESPONSE_BYTES,
+};
 use crate::wire::{
     is_pointer, keys, read_stream, ErrorCode, MetaBatch, Metadata, ReadLimits, RpcError,
     REQUEST_VERSION,
@@ -141,12 +143,9 @@ pub(crate) async fn read_call(
     })
 }
 
-/// The smallest `VGI-Accept-Max-Response-Bytes` the protocol allows.
-const MIN_ACCEPT_MAX_RESPONSE: u64 = 65536;
-
 /// Parses `VGI-Accept-Max-Response-Bytes`: one canonical positive decimal in [65536, 2^53-1].
 pub(crate) fn parse_accept_max(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(raw) = headers.get("vgi-accept-max-response-bytes") else {
+    let Some(raw) = headers.get(ACCEPT_MAX_RESPONSE_BYTES) else {
         return Ok(None);
     };
     let text = raw.to_str().unwrap_or("");
@@ -155,10 +154,10 @@ pub(crate) fn parse_accept_max(headers: &HeaderMap) -> Result<Option<u64>, ApiEr
         && !(text.len() > 1 && text.starts_with('0'));
     let value = text.parse::<u64>().ok().filter(|_| canonical);
     match value {
-        Some(v) if v < MIN_ACCEPT_MAX_RESPONSE => Err(ApiError::bad_request(format!(
-            "VGI-Accept-Max-Response-Bytes must be at least {MIN_ACCEPT_MAX_RESPONSE}"
+        Some(v) if v < MIN_ACCEPT_MAX_RESPONSE_BYTES => Err(ApiError::bad_request(format!(
+            "VGI-Accept-Max-Response-Bytes must be at least {MIN_ACCEPT_MAX_RESPONSE_BYTES}"
         ))),
-        Some(v) if v > (1u64 << 53) - 1 => Err(ApiError::bad_request(
+        Some(v) if v > MAX_SIZE_HEADER_VALUE => Err(ApiError::bad_request(
             "VGI-Accept-Max-Response-Bytes must be at most 2^53-1",
         )),
         Some(v) => Ok(Some(v)),
@@ -316,25 +315,5 @@ pub(crate) fn check_protocol_version(protocol: &Protocol, md: &Metadata) -> Resu
                 Some(v),
             )),
         },
-    }
-}
-
-/// Maps a library error to the RPC error a client sees.
-pub(crate) fn rpc_error_from(e: &Error) -> RpcError {
-    match e {
-        Error::Rpc(r) => (**r).clone(),
-        Error::ExternalizedTooLarge { .. } => {
-            RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::ResourceExhausted)
-        }
-        Error::TooLarge { .. } => {
-            RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::ResourceExhausted)
-        }
-        Error::UrlRejected { .. } | Error::Checksum { .. } => {
-            RpcError::new("ValueError", e.to_string()).with_code(ErrorCode::InvalidArgument)
-        }
-        Error::Storage(spillway_storage::StorageError::NotFound { .. }) => {
-            RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::NotFound)
-        }
-        _ => RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::Internal),
     }
 }

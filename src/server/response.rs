@@ -5,14 +5,20 @@ use arrow_schema::SchemaRef;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::service::empty_schema;
-use crate::wire::{write_stream, ErrorCode, MetaBatch, RpcError, ARROW_STREAM_CONTENT_TYPE};
+use super::protocol::empty_schema;
+use crate::error::Error;
+use crate::wire::{http, write_stream, ErrorCode, MetaBatch, RpcError, ARROW_STREAM_CONTENT_TYPE};
 
-/// The header marking a 200 response that carries an EXCEPTION rewritten from a 500.
-pub const RPC_ERROR_HEADER: &str = "x-vgi-rpc-error";
+/// The header marking a 200 response that carries an EXCEPTION rewritten from a 500 (the
+/// shared [`http::RPC_ERROR`]).
+pub const RPC_ERROR_HEADER: &str = http::RPC_ERROR;
+
+/// Response extension: bytes externalized by this call (for the access log).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExternalizedBytes(pub(crate) u64);
 
 /// An Arrow IPC response body with status 200.
-pub fn arrow_response(schema: &SchemaRef, batches: &[MetaBatch]) -> Response {
+pub(crate) fn arrow_response(schema: &SchemaRef, batches: &[MetaBatch]) -> Response {
     match write_stream(schema, batches) {
         Ok(body) => (
             StatusCode::OK,
@@ -22,6 +28,56 @@ pub fn arrow_response(schema: &SchemaRef, batches: &[MetaBatch]) -> Response {
             .into_response(),
         Err(e) => ApiError::server(RpcError::internal(format!("encoding the response: {e}")))
             .into_response(),
+    }
+}
+
+/// Encodes one stream step's `batches` on `schema`. An encoding failure is answered as a
+/// server error carrying the request id.
+pub(crate) fn encode_stream(
+    schema: &SchemaRef,
+    batches: &[MetaBatch],
+    request_id: &str,
+) -> Result<Vec<u8>, Response> {
+    write_stream(schema, batches).map_err(|e| {
+        ApiError::server(RpcError::internal(format!("encoding: {e}")))
+            .with_request_id(request_id)
+            .into_response()
+    })
+}
+
+/// A 200 Arrow response of an encoded stream `body`; `error` marks it with
+/// `X-VGI-RPC-Error` (the body ends in an EXCEPTION batch), `externalized` is recorded for the
+/// access log.
+pub(crate) fn body_response(body: Vec<u8>, error: bool, externalized: u64) -> Response {
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, ARROW_STREAM_CONTENT_TYPE)],
+        body,
+    )
+        .into_response();
+    if error {
+        resp.headers_mut()
+            .insert(RPC_ERROR_HEADER, HeaderValue::from_static("true"));
+    }
+    if externalized > 0 {
+        resp.extensions_mut()
+            .insert(ExternalizedBytes(externalized));
+    }
+    resp
+}
+
+/// Encodes `batches` on `schema` into a [`body_response`], or answers the encoding failure
+/// as a server error carrying the request id.
+pub(crate) fn stream_response(
+    schema: &SchemaRef,
+    batches: &[MetaBatch],
+    error: bool,
+    externalized: u64,
+    request_id: &str,
+) -> Response {
+    match encode_stream(schema, batches, request_id) {
+        Ok(body) => body_response(body, error, externalized),
+        Err(resp) => resp,
     }
 }
 
@@ -125,7 +181,7 @@ impl IntoResponse for ApiError {
 }
 
 /// A transport-level error with a JSON body, as the reference answers 413 and some 415s.
-pub fn json_error(status: StatusCode, title: &str, description: &str) -> Response {
+pub(crate) fn json_error(status: StatusCode, title: &str, description: &str) -> Response {
     let body = serde_json::json!({ "title": title, "description": description });
     (
         status,
@@ -136,7 +192,7 @@ pub fn json_error(status: StatusCode, title: &str, description: &str) -> Respons
 }
 
 /// The 413 for request bodies over the cap.
-pub fn request_too_large(cap: u64) -> Response {
+pub(crate) fn request_too_large(cap: u64) -> Response {
     json_error(
         StatusCode::PAYLOAD_TOO_LARGE,
         "Request body exceeds max_request_bytes",
@@ -144,4 +200,24 @@ pub fn request_too_large(cap: u64) -> Response {
             "The request body exceeds max_request_bytes ({cap} bytes). Use the upload-URL flow (__upload_url__/init) to externalize large inputs."
         ),
     )
+}
+
+/// Maps a library error to the RPC error a client sees.
+pub(crate) fn rpc_error_from(e: &Error) -> RpcError {
+    match e {
+        Error::Rpc(r) => (**r).clone(),
+        Error::ExternalizedTooLarge { .. } => {
+            RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::ResourceExhausted)
+        }
+        Error::TooLarge { .. } => {
+            RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::ResourceExhausted)
+        }
+        Error::UrlRejected { .. } | Error::Checksum { .. } => {
+            RpcError::new("ValueError", e.to_string()).with_code(ErrorCode::InvalidArgument)
+        }
+        Error::Storage(spillway_storage::StorageError::NotFound { .. }) => {
+            RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::NotFound)
+        }
+        _ => RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::Internal),
+    }
 }

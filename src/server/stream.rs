@@ -1,247 +1,85 @@
-//! Producer and exchange streams over stateless HTTP (spec §4).
+//! Producer and exchange streams over stateless HTTP (spec §4): the `/init` and `/exchange`
+//! handlers.
 //!
 //! Every request performs exactly one step; the method's state travels in the signed cursor
 //! token (see [`super::tokens`]). A method provides an `init` (params → initial state, optional
 //! header) and a `turn` (state + input → at most one output batch + next state); the server
 //! does the framing, the tokens, the per-cycle externalization and the caps.
 
-use std::fmt;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use futures::future::BoxFuture;
-use futures::FutureExt;
 
 use super::emit::{emit_cycle, response_limit, response_too_large};
+use super::invoke::{conform_result, run_handler};
 use super::pointers::resolve_request_pointer;
+use super::protocol::{CallContext, Method, StreamMethod, StreamTurn};
 use super::request::{parse_accept_max, read_call, read_single_batch, route};
-use super::response::{ApiError, RPC_ERROR_HEADER};
-use super::service::{CallContext, Method};
+use super::response::{body_response, encode_stream, rpc_error_from, stream_response, ApiError};
+use super::state::{AppState, RequestId};
 use super::tokens::TokenError;
-use super::unary::{conform_result, run_handler, ExternalizedBytes};
-use super::{AppState, RequestId};
 use crate::wire::{
-    is_pointer, keys, read_stream, schemas_equal, write_stream, MetaBatch, Metadata, ReadLimits,
-    RpcError, ARROW_STREAM_CONTENT_TYPE,
+    is_pointer, keys, read_stream, schemas_equal, MetaBatch, Metadata, ReadLimits, RpcError,
 };
 
-/// The metadata key that cancels a stream.
-pub const CANCEL_KEY: &str = "vgi_rpc.cancel";
-
-/// What a stream's `init` returns.
-#[derive(Debug, Clone, Default)]
-pub struct StreamStart {
-    /// The method's state, carried by the client between turns (keep it small: it travels
-    /// in every request).
-    pub state: Vec<u8>,
-    /// The 1-row header batch, for methods that declare a header schema.
-    pub header: Option<RecordBatch>,
-    /// Replaces the declared output schema for this call (dynamic schemas).
-    pub output_schema: Option<SchemaRef>,
+/// Encodes `batches` on `schema` after what `body` holds (a header stream, say).
+fn append_stream(
+    body: &mut Vec<u8>,
+    schema: &SchemaRef,
+    batches: &[MetaBatch],
+    request_id: &str,
+) -> Result<(), Response> {
+    body.extend(encode_stream(schema, batches, request_id)?);
+    Ok(())
 }
 
-/// One step's input.
-#[derive(Debug, Clone)]
-pub struct StreamTurn {
-    /// The state from the previous step.
-    pub state: Vec<u8>,
-    /// Exchange: the input batch, coerced to the declared input schema. Producer: `None`.
-    pub input: Option<RecordBatch>,
-    /// The request's metadata without the token and cancel keys (producer tick metadata,
-    /// or the exchange input's metadata, resolved metadata for pointers).
-    pub metadata: Metadata,
+/// A step that failed: its `logs`, then the EXCEPTION batch, on the stream's `schema`.
+fn error_response(
+    schema: &SchemaRef,
+    mut logs: Vec<MetaBatch>,
+    error: RpcError,
+    request_id: &str,
+) -> Response {
+    logs.push(error.to_batch(schema, Some(request_id)));
+    stream_response(schema, &logs, true, 0, request_id)
 }
 
-/// One step's output.
-#[derive(Debug, Clone, Default)]
-pub struct TurnOutput {
-    /// The next state.
-    pub state: Vec<u8>,
-    /// At most one data batch on the output schema, with its metadata. Exchange turns must
-    /// produce one.
-    pub output: Option<(RecordBatch, Metadata)>,
-    /// Producer: the stream ends with this step.
-    pub finished: bool,
-}
-
-type InitFn = dyn Fn(CallContext, RecordBatch) -> BoxFuture<'static, Result<StreamStart, RpcError>>
-    + Send
-    + Sync;
-type TurnFn = dyn Fn(CallContext, StreamTurn) -> BoxFuture<'static, Result<TurnOutput, RpcError>>
-    + Send
-    + Sync;
-type CancelFn = dyn Fn(CallContext, Vec<u8>) -> BoxFuture<'static, ()> + Send + Sync;
-
-/// A producer or exchange stream method.
-///
-/// ```
-/// use std::sync::Arc;
-/// use arrow_array::{Int64Array, RecordBatch};
-/// use arrow_schema::{DataType, Field, Schema};
-/// use spillway::server::{Protocol, StreamMethod, StreamStart, TurnOutput};
-///
-/// let params = Arc::new(Schema::new(vec![Field::new("count", DataType::Int64, false)]));
-/// let output = Arc::new(Schema::new(vec![Field::new("i", DataType::Int64, false)]));
-/// let out = output.clone();
-/// let counter = StreamMethod::producer(
-///     params,
-///     output,
-///     |_ctx, params| async move {
-///         let n = params.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
-///         Ok(StreamStart { state: [n.to_le_bytes(), 0i64.to_le_bytes()].concat(), ..Default::default() })
-///     },
-///     move |_ctx, turn| {
-///         let out = out.clone();
-///         async move {
-///             let n = i64::from_le_bytes(turn.state[..8].try_into().unwrap());
-///             let i = i64::from_le_bytes(turn.state[8..].try_into().unwrap());
-///             if i >= n {
-///                 return Ok(TurnOutput { finished: true, ..Default::default() });
-///             }
-///             let batch = RecordBatch::try_new(out, vec![Arc::new(Int64Array::from(vec![i]))]).unwrap();
-///             Ok(TurnOutput {
-///                 state: [n.to_le_bytes(), (i + 1).to_le_bytes()].concat(),
-///                 output: Some((batch, Default::default())),
-///                 finished: false,
-///             })
-///         }
-///     },
-/// );
-/// let protocol = Protocol::new("example.Count.v1").unwrap().stream("count", counter);
-/// assert!(protocol.method("count").is_some());
-/// ```
-#[derive(Clone)]
-pub struct StreamMethod {
-    pub(crate) params: SchemaRef,
-    pub(crate) output: SchemaRef,
-    pub(crate) input: Option<SchemaRef>,
-    pub(crate) header: Option<SchemaRef>,
-    pub(crate) init: Arc<InitFn>,
-    pub(crate) turn: Arc<TurnFn>,
-    pub(crate) cancel: Option<Arc<CancelFn>>,
-}
-
-impl fmt::Debug for StreamMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamMethod")
-            .field("params", &self.params)
-            .field("output", &self.output)
-            .field("input", &self.input)
-            .field("header", &self.header)
-            .finish_non_exhaustive()
+/// A continuation step's answer: `batches` on `schema`, or a ResponseTooLargeError when their
+/// body exceeds the call's response budget.
+fn step_response(
+    schema: &SchemaRef,
+    batches: &[MetaBatch],
+    externalized: u64,
+    limit: Option<u64>,
+    method: &str,
+    request_id: &str,
+) -> Response {
+    let body = match encode_stream(schema, batches, request_id) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    match limit {
+        Some(limit) if body.len() as u64 > limit => error_response(
+            schema,
+            Vec::new(),
+            response_too_large(body.len() as u64, limit, method),
+            request_id,
+        ),
+        _ => body_response(body, false, externalized),
     }
 }
 
-impl StreamMethod {
-    fn new<I, IF, T, TF>(
-        params: SchemaRef,
-        input: Option<SchemaRef>,
-        output: SchemaRef,
-        init: I,
-        turn: T,
-    ) -> Self
-    where
-        I: Fn(CallContext, RecordBatch) -> IF + Send + Sync + 'static,
-        IF: std::future::Future<Output = Result<StreamStart, RpcError>> + Send + 'static,
-        T: Fn(CallContext, StreamTurn) -> TF + Send + Sync + 'static,
-        TF: std::future::Future<Output = Result<TurnOutput, RpcError>> + Send + 'static,
-    {
-        StreamMethod {
-            params,
-            output,
-            input,
-            header: None,
-            init: Arc::new(move |ctx, p| init(ctx, p).boxed()),
-            turn: Arc::new(move |ctx, t| turn(ctx, t).boxed()),
-            cancel: None,
-        }
-    }
-
-    /// A producer: no input; each turn emits at most one batch or finishes. The first turn
-    /// runs inside `/init`.
-    pub fn producer<I, IF, T, TF>(params: SchemaRef, output: SchemaRef, init: I, turn: T) -> Self
-    where
-        I: Fn(CallContext, RecordBatch) -> IF + Send + Sync + 'static,
-        IF: std::future::Future<Output = Result<StreamStart, RpcError>> + Send + 'static,
-        T: Fn(CallContext, StreamTurn) -> TF + Send + Sync + 'static,
-        TF: std::future::Future<Output = Result<TurnOutput, RpcError>> + Send + 'static,
-    {
-        Self::new(params, None, output, init, turn)
-    }
-
-    /// An exchange: each turn takes one input batch and emits exactly one output batch.
-    pub fn exchange<I, IF, T, TF>(
-        params: SchemaRef,
-        input: SchemaRef,
-        output: SchemaRef,
-        init: I,
-        turn: T,
-    ) -> Self
-    where
-        I: Fn(CallContext, RecordBatch) -> IF + Send + Sync + 'static,
-        IF: std::future::Future<Output = Result<StreamStart, RpcError>> + Send + 'static,
-        T: Fn(CallContext, StreamTurn) -> TF + Send + Sync + 'static,
-        TF: std::future::Future<Output = Result<TurnOutput, RpcError>> + Send + 'static,
-    {
-        Self::new(params, Some(input), output, init, turn)
-    }
-
-    /// Declares a header: `init` must return a 1-row batch on `schema`.
-    pub fn with_header(mut self, schema: SchemaRef) -> Self {
-        self.header = Some(schema);
-        self
-    }
-
-    /// Called (instead of a turn) when the client cancels the stream.
-    pub fn on_cancel<C, CF>(mut self, cancel: C) -> Self
-    where
-        C: Fn(CallContext, Vec<u8>) -> CF + Send + Sync + 'static,
-        CF: std::future::Future<Output = ()> + Send + 'static,
-    {
-        self.cancel = Some(Arc::new(move |ctx, s| cancel(ctx, s).boxed()));
-        self
-    }
-
-    /// True for an exchange.
-    pub fn is_exchange(&self) -> bool {
-        self.input.is_some()
-    }
-
-    /// The declared output schema.
-    pub fn output(&self) -> &SchemaRef {
-        &self.output
-    }
-}
-
-fn stream_bytes(schema: &SchemaRef, batches: &[MetaBatch]) -> Result<Vec<u8>, RpcError> {
-    write_stream(schema, batches).map_err(|e| RpcError::internal(format!("encoding: {e}")))
-}
-
-fn body_response(body: Vec<u8>, error: bool, externalized: u64) -> Response {
-    let mut resp = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, ARROW_STREAM_CONTENT_TYPE)],
-        body,
-    )
-        .into_response();
-    if error {
-        resp.headers_mut().insert(
-            RPC_ERROR_HEADER,
-            axum::http::HeaderValue::from_static("true"),
-        );
-    }
-    if externalized > 0 {
-        resp.extensions_mut()
-            .insert(ExternalizedBytes(externalized));
-    }
-    resp
+fn not_a_stream(method: &str, request_id: &str) -> Response {
+    ApiError::bad_request(format!("Method '{method}' is not a stream"))
+        .with_request_id(request_id)
+        .into_response()
 }
 
 fn sentinel(schema: &SchemaRef, cursor: String, call: Option<String>) -> MetaBatch {
@@ -256,8 +94,8 @@ fn sentinel(schema: &SchemaRef, cursor: String, call: Option<String>) -> MetaBat
     }
 }
 
-fn schema_to_b64(schema: &SchemaRef) -> Result<String, RpcError> {
-    Ok(B64.encode(stream_bytes(schema, &[])?))
+fn schema_to_b64(schema: &SchemaRef, request_id: &str) -> Result<String, Response> {
+    Ok(B64.encode(encode_stream(schema, &[], request_id)?))
 }
 
 fn schema_from_b64(text: &str) -> Option<SchemaRef> {
@@ -275,32 +113,29 @@ fn logs_on(ctx: &CallContext, schema: &SchemaRef) -> Vec<MetaBatch> {
 pub(crate) async fn init_route(
     State(st): State<Arc<AppState>>,
     Path((protocol, method)): Path<(String, String)>,
-    Extension(rid): Extension<RequestId>,
+    Extension(RequestId(rid)): Extension<RequestId>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let rid = rid.as_str();
     if let Ok((_, Method::Unary(_))) = route(&st, &uri, &protocol, &method) {
-        return ApiError::bad_request(format!("Method '{method}' is not a stream"))
-            .with_request_id(&rid.0)
-            .into_response();
+        return not_a_stream(&method, rid);
     }
-    let call = match read_call(&st, &protocol, &method, &rid.0, &uri, &headers, body).await {
+    let call = match read_call(&st, &protocol, &method, rid, &uri, &headers, body).await {
         Ok(c) => c,
-        Err(f) => return f.into_response(&rid.0),
+        Err(f) => return f.into_response(rid),
     };
     let Method::Stream(sm) = &call.method else {
-        return ApiError::bad_request(format!("Method '{method}' is not a stream"))
-            .with_request_id(&rid.0)
-            .into_response();
+        return not_a_stream(&method, rid);
     };
     let sm = sm.clone();
-    let ctx = CallContext::new(call.protocol.name(), &method, call.metadata, &rid.0);
+    let ctx = CallContext::new(call.protocol.name(), &method, call.metadata, rid);
     let started = run_handler(&st, &method, (sm.init)(ctx.clone(), call.params)).await;
     let start = match started {
         Ok(s) => s,
         // Errors while creating the stream ride on the empty schema.
-        Err(e) => return ApiError::server(e).with_request_id(&rid.0).into_response(),
+        Err(e) => return ApiError::server(e).with_request_id(rid).into_response(),
     };
     let limit = response_limit(&st, call.client_max);
     let output = start.output_schema.clone().unwrap_or(sm.output.clone());
@@ -308,9 +143,9 @@ pub(crate) async fn init_route(
         Some(s)
             if !schemas_equal(s, &sm.output) || s.fields().len() != sm.output.fields().len() =>
         {
-            match schema_to_b64(s) {
+            match schema_to_b64(s, rid) {
                 Ok(b) => Some(b),
-                Err(e) => return ApiError::server(e).into_response(),
+                Err(resp) => return resp,
             }
         }
         _ => None,
@@ -345,12 +180,13 @@ pub(crate) async fn init_route(
             }
             Err(e) => Err(e),
         };
-        match emitted.and_then(|e| {
-            externalized += e.externalized_bytes;
-            stream_bytes(header_schema, &e.batches)
-        }) {
-            Ok(b) => body.extend(b),
-            Err(e) => return ApiError::server(e).with_request_id(&rid.0).into_response(),
+        let emitted = match emitted {
+            Ok(e) => e,
+            Err(e) => return ApiError::server(e).with_request_id(rid).into_response(),
+        };
+        externalized += emitted.externalized_bytes;
+        if let Err(resp) = append_stream(&mut body, header_schema, &emitted.batches, rid) {
+            return resp;
         }
     } else {
         pending_logs = logs_on(&ctx, &output);
@@ -360,13 +196,10 @@ pub(crate) async fn init_route(
         let cursor = st.tokens.issue_cursor(&call_token, &start.state, 0);
         let mut batches = pending_logs;
         batches.push(sentinel(&output, cursor, Some(call_token)));
-        return match stream_bytes(&output, &batches) {
-            Ok(b) => {
-                body.extend(b);
-                body_response(body, false, externalized)
-            }
-            Err(e) => ApiError::server(e).into_response(),
-        };
+        if let Err(resp) = append_stream(&mut body, &output, &batches, rid) {
+            return resp;
+        }
+        return body_response(body, false, externalized);
     }
     // Producer: the first turn runs inside /init.
     let turn = StreamTurn {
@@ -374,45 +207,48 @@ pub(crate) async fn init_route(
         input: None,
         metadata: Metadata::new(),
     };
-    let step = produce_step(&st, &method, &sm, &ctx, &output, turn, limit, pending_logs).await;
-    let (mut batches, state, finished, ext, error) = match step {
+    let step = match produce_step(&st, &method, &sm, &ctx, &output, turn, limit, pending_logs).await
+    {
         Ok(s) => s,
         Err(batches) => {
-            return match stream_bytes(&output, &batches) {
-                Ok(b) => {
-                    body.extend(b);
-                    body_response(body, true, externalized)
-                }
-                Err(e) => ApiError::server(e).into_response(),
+            if let Err(resp) = append_stream(&mut body, &output, &batches, rid) {
+                return resp;
             }
+            return body_response(body, true, externalized);
         }
     };
-    externalized += ext;
-    if !finished && !error {
-        let cursor = st.tokens.issue_cursor(&call_token, &state, 1);
+    externalized += step.externalized_bytes;
+    let mut batches = step.batches;
+    if !step.finished {
+        let cursor = st.tokens.issue_cursor(&call_token, &step.state, 1);
         batches.push(sentinel(&output, cursor, Some(call_token)));
     }
-    match stream_bytes(&output, &batches) {
-        Ok(b) => {
-            body.extend(b);
-            if let Some(limit) = limit {
-                if body.len() as u64 > limit {
-                    return ApiError::server(response_too_large(body.len() as u64, limit, &method))
-                        .with_request_id(&rid.0)
-                        .into_response();
-                }
-            }
-            body_response(body, error, externalized)
-        }
-        Err(e) => ApiError::server(e).into_response(),
+    if let Err(resp) = append_stream(&mut body, &output, &batches, rid) {
+        return resp;
     }
+    if let Some(limit) = limit {
+        if body.len() as u64 > limit {
+            return ApiError::server(response_too_large(body.len() as u64, limit, &method))
+                .with_request_id(rid)
+                .into_response();
+        }
+    }
+    body_response(body, false, externalized)
 }
 
-type StepResult = Result<(Vec<MetaBatch>, Vec<u8>, bool, u64, bool), Vec<MetaBatch>>;
+/// One producer turn that went through: the cycle's batches (without the sentinel), the next
+/// state, whether the stream finished, and the bytes externalized.
+struct Step {
+    batches: Vec<MetaBatch>,
+    state: Vec<u8>,
+    finished: bool,
+    externalized_bytes: u64,
+}
 
-/// Runs one producer turn: returns the cycle's batches (without the sentinel), the next
-/// state, whether the stream finished, externalized bytes, and whether the batches end in an
-/// error; `Err` holds a complete error cycle.
+/// A [`Step`], or (`Err`) a complete error cycle: the turn's logs, then the EXCEPTION batch.
+type StepResult = Result<Step, Vec<MetaBatch>>;
+
+/// Runs one producer turn.
 #[allow(clippy::too_many_arguments)]
 async fn produce_step(
     st: &AppState,
@@ -435,7 +271,12 @@ async fn produce_step(
         Err(e) => return Err(error_cycle(logs, e)),
     };
     let Some((batch, md)) = out.output else {
-        return Ok((logs, out.state, out.finished, 0, false));
+        return Ok(Step {
+            batches: logs,
+            state: out.state,
+            finished: out.finished,
+            externalized_bytes: 0,
+        });
     };
     let batch = match conform_result(method, batch, output, None) {
         Ok(b) => b,
@@ -446,13 +287,12 @@ async fn produce_step(
         metadata: md,
     };
     match emit_cycle(st, output, logs, data, true, limit, method).await {
-        Ok(e) => Ok((
-            e.batches,
-            out.state,
-            out.finished,
-            e.externalized_bytes,
-            false,
-        )),
+        Ok(e) => Ok(Step {
+            batches: e.batches,
+            state: out.state,
+            finished: out.finished,
+            externalized_bytes: e.externalized_bytes,
+        }),
         Err(e) => Err(error_cycle(Vec::new(), e)),
     }
 }
@@ -508,46 +348,45 @@ fn coerce_input(batch: RecordBatch, input: &SchemaRef) -> Result<RecordBatch, Rp
 pub(crate) async fn exchange_route(
     State(st): State<Arc<AppState>>,
     Path((protocol, method)): Path<(String, String)>,
-    Extension(rid): Extension<RequestId>,
+    Extension(RequestId(rid)): Extension<RequestId>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let rid = rid.as_str();
     let client_max = match parse_accept_max(&headers) {
         Ok(v) => v,
-        Err(e) => return e.with_request_id(&rid.0).into_response(),
+        Err(e) => return e.with_request_id(rid).into_response(),
     };
     let (proto, m) = match route(&st, &uri, &protocol, &method) {
         Ok(r) => r,
-        Err(e) => return e.with_request_id(&rid.0).into_response(),
+        Err(e) => return e.with_request_id(rid).into_response(),
     };
     let Method::Stream(sm) = m else {
-        return ApiError::bad_request(format!("Method '{method}' is not a stream"))
-            .with_request_id(&rid.0)
-            .into_response();
+        return not_a_stream(&method, rid);
     };
     let request = match read_single_batch(&st, &headers, body).await {
         Ok(b) => b,
-        Err(f) => return f.into_response(&rid.0),
+        Err(f) => return f.into_response(rid),
     };
     let md = &request.metadata;
     let (Some(cursor), Some(call_token)) = (md.get(keys::STREAM_STATE), md.get(keys::CALL_STATE))
     else {
-        return token_error(TokenError::Missing, &rid.0);
+        return token_error(TokenError::Missing, rid);
     };
     let call = match st.tokens.open_call(call_token, proto.name(), &method) {
         Ok(c) => c,
-        Err(e) => return token_error(e, &rid.0),
+        Err(e) => return token_error(e, rid),
     };
     let (state, seq) = match st.tokens.open_cursor(cursor, call_token) {
         Ok(s) => s,
-        Err(e) => return token_error(e, &rid.0),
+        Err(e) => return token_error(e, rid),
     };
     let call_token = call_token.clone();
     let output = match &call.os {
         Some(b) => match schema_from_b64(b) {
             Some(s) => s,
-            None => return token_error(TokenError::BadSignature, &rid.0),
+            None => return token_error(TokenError::BadSignature, rid),
         },
         None => sm.output.clone(),
     };
@@ -558,74 +397,62 @@ pub(crate) async fn exchange_route(
     let mut app_md = md.clone();
     app_md.remove(keys::STREAM_STATE);
     app_md.remove(keys::CALL_STATE);
-    let ctx = CallContext::for_turn(proto.name(), &method, app_md.clone(), &rid.0);
-    if md.contains_key(CANCEL_KEY) {
+    let ctx = CallContext::for_turn(proto.name(), &method, app_md.clone(), rid);
+    if md.contains_key(keys::CANCEL) {
         if let Some(cancel) = &sm.cancel {
             cancel(ctx.clone(), state).await;
         }
-        return match stream_bytes(&output, &[]) {
-            Ok(b) => body_response(b, false, 0),
-            Err(e) => ApiError::server(e).into_response(),
-        };
+        return stream_response(&output, &[], false, 0, rid);
     }
-    let fail_on_output = |logs: Vec<MetaBatch>, e: RpcError| {
-        let mut batches = logs;
-        batches.push(e.to_batch(&output, Some(&rid.0)));
-        match stream_bytes(&output, &batches) {
-            Ok(b) => body_response(b, true, 0),
-            Err(e) => ApiError::server(e).into_response(),
-        }
-    };
+    let fail = |logs: Vec<MetaBatch>, e: RpcError| error_response(&output, logs, e, rid);
     let Some(input_schema) = sm.input.clone() else {
         // Producer continuation.
         let mut tick = app_md;
-        tick.remove(CANCEL_KEY);
+        tick.remove(keys::CANCEL);
         let turn = StreamTurn {
             state,
             input: None,
             metadata: tick,
         };
         return match produce_step(&st, &method, &sm, &ctx, &output, turn, limit, Vec::new()).await {
-            Err(batches) => match stream_bytes(&output, &batches) {
-                Ok(b) => body_response(b, true, 0),
-                Err(e) => ApiError::server(e).into_response(),
-            },
-            Ok((mut batches, next, finished, ext, _)) => {
-                if !finished {
-                    let cursor = st.tokens.issue_cursor(&call_token, &next, seq + 1);
+            Err(batches) => stream_response(&output, &batches, true, 0, rid),
+            Ok(step) => {
+                let mut batches = step.batches;
+                if !step.finished {
+                    let cursor = st.tokens.issue_cursor(&call_token, &step.state, seq + 1);
                     batches.push(sentinel(&output, cursor, None));
                 }
-                match stream_bytes(&output, &batches) {
-                    Ok(b) if limit.is_some_and(|l| b.len() as u64 > l) => fail_on_output(
-                        Vec::new(),
-                        response_too_large(b.len() as u64, limit.unwrap_or(0), &method),
-                    ),
-                    Ok(b) => body_response(b, false, ext),
-                    Err(e) => ApiError::server(e).into_response(),
-                }
+                step_response(
+                    &output,
+                    &batches,
+                    step.externalized_bytes,
+                    limit,
+                    &method,
+                    rid,
+                )
             }
         };
     };
     // Exchange turn: the input, resolved when it is a pointer (tokens came from the outer batch).
     let (input, input_md) = if is_pointer(&request.batch, &request.metadata) {
         let pointer_schema = request.batch.schema();
-        match resolve_request_pointer(&st, &request.batch, md, &pointer_schema, &rid.0).await {
+        match resolve_request_pointer(&st, &request.batch, md, &pointer_schema, rid).await {
             Ok(resolved) => {
                 let mut inner = resolved.batch.metadata;
                 inner.remove(keys::STREAM_STATE);
                 inner.remove(keys::CALL_STATE);
                 (resolved.batch.batch, inner)
             }
-            Err(e) => return fail_on_output(Vec::new(), super::request::rpc_error_from(&e)),
+            Err(e) => return fail(Vec::new(), rpc_error_from(&e)),
         }
     } else {
         (request.batch, app_md)
     };
     let input = match coerce_input(input, &input_schema) {
         Ok(i) => i,
-        Err(e) => return fail_on_output(Vec::new(), e),
+        Err(e) => return fail(Vec::new(), e),
     };
-    let ctx = CallContext::for_turn(proto.name(), &method, input_md.clone(), &rid.0);
+    let ctx = CallContext::for_turn(proto.name(), &method, input_md.clone(), rid);
     let turn = StreamTurn {
         state,
         input: Some(input),
@@ -635,10 +462,10 @@ pub(crate) async fn exchange_route(
     let logs = logs_on(&ctx, &output);
     let out = match result {
         Ok(o) => o,
-        Err(e) => return fail_on_output(logs, e),
+        Err(e) => return fail(logs, e),
     };
     let Some((batch, mut out_md)) = out.output else {
-        return fail_on_output(
+        return fail(
             logs,
             RpcError::internal(format!(
                 "exchange method '{method}' produced no output batch"
@@ -647,7 +474,7 @@ pub(crate) async fn exchange_route(
     };
     let batch = match conform_result(&method, batch, &output, None) {
         Ok(b) => b,
-        Err(e) => return fail_on_output(logs, e),
+        Err(e) => return fail(logs, e),
     };
     // The refreshed cursor rides on the data batch (inside the object when externalized).
     let cursor = st.tokens.issue_cursor(&call_token, &out.state, seq + 1);
@@ -657,14 +484,14 @@ pub(crate) async fn exchange_route(
         metadata: out_md,
     };
     match emit_cycle(&st, &output, logs, data, true, limit, &method).await {
-        Ok(e) => match stream_bytes(&output, &e.batches) {
-            Ok(b) if limit.is_some_and(|l| b.len() as u64 > l) => fail_on_output(
-                Vec::new(),
-                response_too_large(b.len() as u64, limit.unwrap_or(0), &method),
-            ),
-            Ok(b) => body_response(b, false, e.externalized_bytes),
-            Err(err) => ApiError::server(err).into_response(),
-        },
-        Err(e) => fail_on_output(Vec::new(), e),
+        Ok(e) => step_response(
+            &output,
+            &e.batches,
+            e.externalized_bytes,
+            limit,
+            &method,
+            rid,
+        ),
+        Err(e) => fail(Vec::new(), e),
     }
 }

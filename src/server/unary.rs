@@ -8,18 +8,14 @@ use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
-use futures::FutureExt;
 
 use super::emit::{emit_cycle, response_limit};
+use super::invoke::{conform_result, run_handler};
+use super::protocol::{CallContext, Method, UnaryMethod};
 use super::request::{read_call, CallRequest, Failure};
-use super::response::{arrow_response, ApiError};
-use super::service::{CallContext, Method, UnaryMethod};
-use super::{AppState, RequestId};
-use crate::wire::{pointer_batch, ErrorCode, MetaBatch, RpcError};
-
-/// Response extension: bytes externalized by this call (for the access log).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ExternalizedBytes(pub u64);
+use super::response::{arrow_response, ApiError, ExternalizedBytes};
+use super::state::{AppState, RequestId};
+use crate::wire::{pointer_batch, MetaBatch, RpcError};
 
 /// `POST {prefix}/{protocol}/{method}`.
 pub(crate) async fn unary(
@@ -57,64 +53,6 @@ fn void_batch() -> Result<RecordBatch, ApiError> {
         &RecordBatchOptions::new().with_row_count(Some(0)),
     )
     .map_err(|e| ApiError::server(RpcError::internal(e.to_string())))
-}
-
-/// Runs a handler future within the method timeout, turning panics and timeouts into errors.
-pub(crate) async fn run_handler<T>(
-    st: &AppState,
-    method_name: &str,
-    fut: futures::future::BoxFuture<'static, Result<T, RpcError>>,
-) -> Result<T, RpcError> {
-    let outcome = tokio::time::timeout(
-        st.config.method_timeout,
-        std::panic::AssertUnwindSafe(fut).catch_unwind(),
-    )
-    .await;
-    match outcome {
-        Err(_) => Err(RpcError::new(
-            "TimeoutError",
-            format!(
-                "method '{method_name}' did not finish within {} s",
-                st.config.method_timeout.as_secs()
-            ),
-        )
-        .with_code(ErrorCode::DeadlineExceeded)),
-        Ok(Err(_panic)) => {
-            tracing::error!(method = method_name, "method panicked");
-            Err(RpcError::internal(format!(
-                "method '{method_name}' panicked"
-            )))
-        }
-        Ok(Ok(r)) => r,
-    }
-}
-
-/// Checks a returned batch against the declared schema and row count; the declared schema
-/// wins (field metadata from the handler is dropped).
-pub(crate) fn conform_result(
-    method_name: &str,
-    batch: RecordBatch,
-    schema: &SchemaRef,
-    rows: Option<usize>,
-) -> Result<RecordBatch, RpcError> {
-    if !crate::wire::schemas_equal(batch.schema_ref(), schema) {
-        return Err(RpcError::internal(format!(
-            "method '{method_name}' returned schema {}, declared {}",
-            batch.schema(),
-            schema
-        )));
-    }
-    if let Some(rows) = rows {
-        if batch.num_rows() != rows {
-            return Err(RpcError::internal(format!(
-                "method '{method_name}' returned {} rows; a unary result has exactly {rows}",
-                batch.num_rows()
-            )));
-        }
-    }
-    batch
-        .with_schema(schema.clone())
-        .map_err(|e| RpcError::internal(e.to_string()))
 }
 
 async fn invoke(

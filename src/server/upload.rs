@@ -12,16 +12,16 @@ use axum::response::{IntoResponse, Response};
 use spillway_storage::PresignMethod;
 
 use super::body::{check_content_type, read_body};
-use super::request::rpc_error_from;
-use super::response::{arrow_response, ApiError};
-use super::{AppState, RequestId};
+use super::response::{arrow_response, rpc_error_from, ApiError};
+use super::state::{AppState, RequestId};
+use crate::wire::http;
 use crate::wire::{keys, read_stream, MetaBatch, ReadLimits, RpcError, REQUEST_VERSION};
 
-/// The reserved method name of this route.
-pub const UPLOAD_METHOD: &str = "__upload_url__";
+/// The reserved method name of this route (the shared [`http::UPLOAD_METHOD`]).
+pub const UPLOAD_METHOD: &str = http::UPLOAD_METHOD;
 
-/// Most pairs one request may ask for.
-pub const MAX_UPLOAD_URLS: i64 = 100;
+/// Most pairs one request may ask for (the shared [`http::MAX_UPLOAD_URLS`]).
+pub const MAX_UPLOAD_URLS: i64 = http::MAX_UPLOAD_URLS;
 
 /// `upload_url: utf8, download_url: utf8, expires_at: timestamp[us, UTC]`, all nullable.
 pub fn upload_url_schema() -> SchemaRef {

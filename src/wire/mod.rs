@@ -8,7 +8,7 @@ mod ipc;
 
 pub use batches::{
     classify, is_pointer, keys, pointer_batch, BatchKind, ErrorCode, LogMessage, RpcError,
-    REQUEST_VERSION,
+    MAX_ERROR_DETAILS_BYTES, REQUEST_VERSION,
 };
 pub use ipc::{
     read_stream, read_streams, schemas_equal, write_stream, IpcStream, IpcStreamWriter, MetaBatch,

@@ -1,18 +1,26 @@
-//! The API services use to declare protocols and their methods.
+//! The protocol definitions services build: a [`Protocol`] of unary and stream methods, what
+//! their handlers receive ([`CallContext`]) and return. The lowest layer of the server: the
+//! request handling modules depend on these types, never the other way round.
+
+mod context;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::stream::StreamMethod;
+pub use self::context::CallContext;
+pub use self::stream::{StreamMethod, StreamStart, StreamTurn, TurnOutput, CANCEL_KEY};
 use crate::error::{Error, Result};
-use crate::wire::{LogMessage, Metadata, RpcError};
+pub use crate::wire::http::is_valid_protocol_name;
+use crate::wire::http::RESERVED_PROTOCOL_PREFIX;
+use crate::wire::RpcError;
 
 /// What a unary handler returns: the result batch (1 row on the result schema; for a void
 /// method, a batch on the empty schema) or an RPC error.
@@ -109,7 +117,7 @@ impl Protocol {
                 "invalid protocol name {name:?}: must match ^[A-Za-z_][A-Za-z0-9_.]*$ and be at most 255 bytes"
             )));
         }
-        if name.starts_with("vgi_rpc.") {
+        if name.starts_with(RESERVED_PROTOCOL_PREFIX) {
             return Err(Error::Config(format!(
                 "protocol name {name:?} uses the reserved prefix vgi_rpc."
             )));
@@ -197,14 +205,6 @@ impl Protocol {
     }
 }
 
-/// `^[A-Za-z_][A-Za-z0-9_.]*$`, at most 255 bytes.
-pub fn is_valid_protocol_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    name.len() <= 255
-        && matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-}
-
 /// Parses canonical `MAJOR.MINOR.PATCH`.
 pub fn parse_semver(v: &str) -> Option<(u64, u64, u64)> {
     let mut parts = v.split('.');
@@ -220,116 +220,6 @@ pub fn parse_semver(v: &str) -> Option<(u64, u64, u64)> {
     };
     let out = (next()?, next()?, next()?);
     parts.next().is_none().then_some(out)
-}
-
-/// A pre-published pointer: URL and optional sha256.
-type PrePublished = (String, Option<String>);
-
-/// What a handler knows about its call, and how it logs to the client.
-#[derive(Clone, Debug)]
-pub struct CallContext {
-    protocol: Arc<str>,
-    method: Arc<str>,
-    metadata: Arc<Metadata>,
-    request_id: Arc<str>,
-    logs: Arc<Mutex<Vec<LogMessage>>>,
-    pointer: Arc<Mutex<Option<PrePublished>>>,
-}
-
-impl CallContext {
-    pub(crate) fn new(protocol: &str, method: &str, metadata: Metadata, request_id: &str) -> Self {
-        CallContext {
-            protocol: protocol.into(),
-            method: method.into(),
-            metadata: Arc::new(metadata),
-            request_id: request_id.into(),
-            logs: Arc::default(),
-            pointer: Arc::default(),
-        }
-    }
-
-    /// Answers this call with a pointer to an object published beforehand (an "external
-    /// reference"), instead of the returned batch: no threshold or cap applies. The handler
-    /// still returns a batch on the result schema (its value is not sent).
-    pub fn respond_with_pointer(&self, url: impl Into<String>, sha256_hex: Option<String>) {
-        if let Ok(mut p) = self.pointer.lock() {
-            *p = Some((url.into(), sha256_hex));
-        }
-    }
-
-    pub(crate) fn take_pointer(&self) -> Option<(String, Option<String>)> {
-        self.pointer.lock().ok().and_then(|mut p| p.take())
-    }
-
-    /// The protocol's wire name.
-    pub fn protocol(&self) -> &str {
-        &self.protocol
-    }
-
-    /// The method's name.
-    pub fn method(&self) -> &str {
-        &self.method
-    }
-
-    /// The request batch's metadata (dispatch keys included).
-    pub fn metadata(&self) -> &Metadata {
-        &self.metadata
-    }
-
-    /// The request id (from `X-Request-ID` or generated).
-    pub fn request_id(&self) -> &str {
-        &self.request_id
-    }
-
-    /// Sends a log message to the client, ahead of the result. `level` is one of `ERROR`,
-    /// `WARN`, `INFO`, `DEBUG`, `TRACE`.
-    pub fn log(&self, level: &str, message: impl Into<String>) {
-        let msg = LogMessage {
-            level: level.to_ascii_uppercase(),
-            message: message.into(),
-            extra: None,
-        };
-        if let Ok(mut logs) = self.logs.lock() {
-            logs.push(msg);
-        }
-    }
-
-    /// Like [`Self::log`], with extra key/values sent as `vgi_rpc.log_extra` (a JSON object;
-    /// omitted when empty).
-    pub fn log_with_extra(
-        &self,
-        level: &str,
-        message: impl Into<String>,
-        extra: serde_json::Map<String, serde_json::Value>,
-    ) {
-        let msg = LogMessage {
-            level: level.to_ascii_uppercase(),
-            message: message.into(),
-            extra: (!extra.is_empty()).then(|| serde_json::Value::Object(extra).to_string()),
-        };
-        if let Ok(mut logs) = self.logs.lock() {
-            logs.push(msg);
-        }
-    }
-
-    pub(crate) fn take_logs(&self) -> Vec<LogMessage> {
-        self.logs
-            .lock()
-            .map(|mut l| std::mem::take(&mut *l))
-            .unwrap_or_default()
-    }
-}
-
-impl CallContext {
-    /// A context for a stream turn (continuation requests carry no dispatch metadata).
-    pub(crate) fn for_turn(
-        protocol: &str,
-        method: &str,
-        metadata: Metadata,
-        request_id: &str,
-    ) -> Self {
-        Self::new(protocol, method, metadata, request_id)
-    }
 }
 
 /// The empty schema (void results, parameterless methods).

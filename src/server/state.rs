@@ -1,0 +1,43 @@
+//! The state every handler shares, and the per-request extensions the router adds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use spillway_storage::Storage;
+use tokio::sync::Mutex;
+
+use super::config::ServerConfig;
+use super::protocol::Protocol;
+use super::tokens::TokenSigner;
+use crate::externalize::Externalizer;
+
+/// What the handlers share: the settings, the hosted protocols, the storage.
+pub(crate) struct AppState {
+    pub(crate) config: ServerConfig,
+    pub(crate) protocols: BTreeMap<String, Arc<Protocol>>,
+    pub(crate) primary_protocol: String,
+    pub(crate) storage: Option<Arc<dyn Storage>>,
+    pub(crate) externalizer: Option<Externalizer>,
+    pub(crate) tokens: TokenSigner,
+    pub(crate) readiness: Readiness,
+}
+
+/// The cached readiness verdict of `/readyz`.
+#[derive(Default)]
+pub(crate) struct Readiness {
+    pub(crate) last: Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+/// The request id of the current request (from `X-Request-ID`, or generated).
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(pub(crate) String);
+
+impl RequestId {
+    /// The client's `X-Request-ID` when it is usable (1-128 visible ASCII characters).
+    pub(crate) fn from_client(value: &str) -> Option<Self> {
+        let valid =
+            !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
+        valid.then(|| RequestId(value.to_string()))
+    }
+}
