@@ -409,7 +409,10 @@ mod tests {
             "--prefix",
             "/vgi",
         ];
-        Cli::try_parse_from(args.iter().chain(extra)).unwrap()
+        match Cli::try_parse_from(args.iter().chain(extra)) {
+            Ok(cli) => cli,
+            Err(e) => panic!("serve arguments: {e}"),
+        }
     }
 
     /// Every rendering a log line or a panic message could use.
