@@ -1,27 +1,36 @@
 //! Settings for `spillway serve`: environment variables (the deployment contract), with
 //! command-line flags overriding them. Every setting is listed in the README.
+//!
+//! The flag structs ([`ServeArgs`], [`StorageArgs`]) need the `cli` feature; the kinds and
+//! the retention sweep are library API.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
-use spillway_storage::{Storage, StoreSettings};
-use spillway_storage_gcs::{GcsArgs, GcsStore};
-use spillway_storage_local::{LocalStore, LocalStoreConfig};
-use spillway_storage_s3::{S3Args, S3Store};
-use url::Url;
+use spillway_storage_local::LocalStore;
 
-use crate::error::{Error, Result};
-use crate::externalize::{Compression, ExternalizeConfig};
-use crate::server::{normalize_prefix, Server, ServerConfig};
+#[cfg(feature = "cli")]
+use {
+    crate::error::{Error, Result},
+    crate::externalize::{Compression, ExternalizeConfig},
+    crate::server::{normalize_prefix, Server, ServerConfig},
+    clap::Args,
+    spillway_storage::{redact_url, Storage, StoreSettings},
+    spillway_storage_gcs::{GcsArgs, GcsStore},
+    spillway_storage_local::LocalStoreConfig,
+    spillway_storage_s3::{S3Args, S3Store},
+    std::fmt,
+    std::net::SocketAddr,
+    std::path::PathBuf,
+    url::Url,
+};
 
 /// Where the local store's objects are served, under the server's prefix.
 pub const LOCAL_STORE_PATH: &str = "/__storage__";
 
 /// Which object store externalized payloads go to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum StorageKind {
     /// The embedded store: a directory, served by this server over signed URLs.
     Local,
@@ -32,7 +41,8 @@ pub enum StorageKind {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -40,7 +50,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Which store, and the settings of each kind (shared by `serve` and `storage init`).
+/// Which store, and the settings of each kind (shared by `serve` and `storage init`). It holds
+/// no secret: cloud credentials come from the provider's own chain or a key file's path.
+#[cfg(feature = "cli")]
 #[derive(Debug, Clone, Args)]
 pub struct StorageArgs {
     /// Object store for externalized payloads.
@@ -69,6 +81,7 @@ pub struct StorageArgs {
     pub gcs: GcsArgs,
 }
 
+#[cfg(feature = "cli")]
 impl StorageArgs {
     /// The settings every backend shares.
     pub fn settings(&self) -> StoreSettings {
@@ -95,8 +108,9 @@ impl StorageArgs {
     }
 }
 
-/// `spillway serve` settings.
-#[derive(Debug, Clone, Args)]
+/// `spillway serve` settings. Its `Debug` hides the signing secret.
+#[cfg(feature = "cli")]
+#[derive(Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "SPILLWAY_LISTEN", default_value = "127.0.0.1:8080")]
@@ -161,6 +175,66 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 }
 
+/// Shown in place of a secret.
+#[cfg(feature = "cli")]
+const REDACTED: &str = "<redacted>";
+
+// By hand, so the signing secret never reaches a log line or a panic message; destructured,
+// so a new field cannot be added without deciding how it is shown.
+#[cfg(feature = "cli")]
+impl fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ServeArgs {
+            listen,
+            admin_listen,
+            shutdown_grace,
+            stream_token_ttl,
+            prefix,
+            store,
+            public_url,
+            threshold_bytes,
+            compression,
+            presign_ttl,
+            max_request_bytes,
+            max_response_bytes,
+            max_externalized_response_bytes,
+            upload_url_ttl,
+            signing_secret,
+            method_timeout,
+            demo_max_blob_bytes,
+            log_format,
+        } = self;
+        f.debug_struct("ServeArgs")
+            .field("listen", listen)
+            .field("admin_listen", admin_listen)
+            .field("shutdown_grace", shutdown_grace)
+            .field("stream_token_ttl", stream_token_ttl)
+            .field("prefix", prefix)
+            .field("store", store)
+            // Without user info and query: either may carry a credential.
+            .field(
+                "public_url",
+                &public_url.as_ref().map(|u| redact_url(u.as_str())),
+            )
+            .field("threshold_bytes", threshold_bytes)
+            .field("compression", compression)
+            .field("presign_ttl", presign_ttl)
+            .field("max_request_bytes", max_request_bytes)
+            .field("max_response_bytes", max_response_bytes)
+            .field(
+                "max_externalized_response_bytes",
+                max_externalized_response_bytes,
+            )
+            .field("upload_url_ttl", upload_url_ttl)
+            .field("signing_secret", &signing_secret.as_ref().map(|_| REDACTED))
+            .field("method_timeout", method_timeout)
+            .field("demo_max_blob_bytes", demo_max_blob_bytes)
+            .field("log_format", log_format)
+            .finish()
+    }
+}
+
+#[cfg(feature = "cli")]
 impl ServeArgs {
     /// The public base URL (configured, or derived from the listen address).
     pub fn public_url(&self) -> Result<Url> {
@@ -316,4 +390,81 @@ pub fn spawn_retention_sweep(store: Arc<LocalStore>, retention: Duration) {
             }
         }
     });
+}
+
+#[cfg(all(test, feature = "cli"))]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    const SECRET: &str = "Sup3rSecretSigningKey-0123456789abcdef";
+
+    fn serve_cli(extra: &[&str]) -> Cli {
+        let args = [
+            "spillway",
+            "serve",
+            "--bucket",
+            "visible-bucket",
+            "--prefix",
+            "/vgi",
+        ];
+        match Cli::try_parse_from(args.iter().chain(extra)) {
+            Ok(cli) => cli,
+            Err(e) => panic!("serve arguments: {e}"),
+        }
+    }
+
+    /// Every rendering a log line or a panic message could use.
+    fn renderings(cli: &Cli) -> Vec<String> {
+        let Command::Serve(args) = &cli.command else {
+            panic!("not a serve command: {cli:?}");
+        };
+        vec![
+            format!("{args:?}"),
+            format!("{args:#?}"),
+            format!("{cli:?}"),
+            format!("{cli:#?}"),
+        ]
+    }
+
+    #[test]
+    fn serve_args_debug_hides_the_signing_secret() {
+        let cli = serve_cli(&["--signing-secret", SECRET, "--threshold-bytes", "4242"]);
+        for text in renderings(&cli) {
+            assert!(!text.contains(SECRET), "{text}");
+            assert!(!text.contains("Sup3rSecret"), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+            // The rest stays useful.
+            assert!(text.contains("visible-bucket"), "{text}");
+            assert!(text.contains("/vgi"), "{text}");
+            assert!(text.contains("4242"), "{text}");
+            assert!(text.contains("listen"), "{text}");
+        }
+    }
+
+    #[test]
+    fn serve_args_debug_hides_credentials_in_the_public_url() {
+        let cli = serve_cli(&[
+            "--public-url",
+            "https://alice:Pa55word@spillway.example.com/base?token=t0ken",
+        ]);
+        for text in renderings(&cli) {
+            assert!(!text.contains("Pa55word"), "{text}");
+            assert!(!text.contains("alice"), "{text}");
+            assert!(!text.contains("t0ken"), "{text}");
+            assert!(text.contains("https://spillway.example.com/base"), "{text}");
+        }
+    }
+
+    #[test]
+    fn serve_args_debug_says_when_no_secret_is_set() {
+        let Command::Serve(mut args) = serve_cli(&[]).command else {
+            panic!("not a serve command");
+        };
+        args.signing_secret = None;
+        let text = format!("{args:?}");
+        assert!(text.contains("signing_secret: None"), "{text}");
+        assert!(!text.contains("<redacted>"), "{text}");
+    }
 }

@@ -14,8 +14,15 @@
 //! - [`server`]: the axum HTTP RPC server and the API to register protocols.
 //! - [`client`]: the Rust client.
 //! - [`demo`]: the built-in `spillway.Demo.v1` protocol.
-//! - [`config`]: settings from environment variables and flags.
+//! - [`config`]: settings of `spillway serve` (the flags and environment variables need the
+//!   `cli` feature).
+//! - `cli`, `serve` (feature `cli`, on by default): the `spillway` binary's command line.
+//!
+//! Cargo features: `cli` (default) builds the command line and its dependencies (clap, the
+//! progress bar, result tables, log output). A service built on the library needs none of
+//! them: depend on `spillway` with `default-features = false`.
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -24,9 +31,26 @@ pub mod error;
 pub mod externalize;
 pub mod fetch;
 pub mod object;
+#[cfg(feature = "cli")]
 pub mod serve;
 pub mod server;
 pub mod url_policy;
 pub mod wire;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod readme_tests {
+    /// The README's library example is `examples/squares_service.rs` (which cargo compiles),
+    /// shown from its first `use` on; this keeps the two from drifting apart.
+    #[test]
+    fn readme_shows_the_compiled_library_example() {
+        let readme = include_str!("../README.md");
+        let example = include_str!("../examples/squares_service.rs");
+        let code = &example[example.find("use std::sync::Arc;").unwrap()..];
+        assert!(
+            readme.contains(&format!("```rust\n{code}```")),
+            "README.md \"Building a service on the library\" must show examples/squares_service.rs"
+        );
+    }
+}

@@ -1,4 +1,5 @@
-//! Command-line flags (and `SPILLWAY_FETCH_*` variables) for the fetch engine's knobs.
+//! Command-line flags (and `SPILLWAY_FETCH_*` variables) for the fetch engine's knobs (feature
+//! `cli`; a library user sets [`FetchConfig`] directly).
 
 use std::time::Duration;
 

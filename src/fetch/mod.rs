@@ -34,6 +34,7 @@
 //! `spillway_fetch_hedges_launched_total`, `spillway_fetch_hedges_won_total` and
 //! `spillway_fetch_failures_total{kind}`. URLs in errors, logs and metrics are redacted.
 
+#[cfg(feature = "cli")]
 mod args;
 mod engine;
 mod http;
@@ -47,6 +48,7 @@ use bytes::Bytes;
 use tracing::Instrument;
 use url::Url;
 
+#[cfg(feature = "cli")]
 pub use self::args::FetchArgs;
 pub use crate::error::FetchFailure;
 use crate::error::{Error, Result};
