@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{self, HeaderMap};
 use reqwest::StatusCode;
+use spillway_storage::conformance::with_query_param;
 use spillway_storage::{
     ObjectKey, PresignMethod, PresignedUrl, PutOptions, PutPayload, Storage, StorageError,
 };
@@ -190,23 +191,6 @@ fn signature_of(url: &Url) -> String {
         .find(|(k, _)| k == "X-Spillway-Signature")
         .map(|(_, v)| v.into_owned())
         .unwrap()
-}
-
-fn with_query_param(url: &Url, name: &str, value: &str) -> Url {
-    let pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| {
-            let v = if k == name {
-                value.to_string()
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        })
-        .collect();
-    let mut out = url.clone();
-    out.query_pairs_mut().clear().extend_pairs(pairs);
-    out
 }
 
 fn tampered(url: &Url) -> Url {
