@@ -1,6 +1,8 @@
 //! The local store over real HTTP on 127.0.0.1: presigned GET/HEAD/PUT, ranges, signature and
 //! expiry checks, path traversal, size caps and cleanup of aborted uploads.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
