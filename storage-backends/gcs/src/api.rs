@@ -114,7 +114,7 @@ impl JsonApi {
             )),
             Err(e) => Err(StorageError::Backend(format!(
                 "gcs credentials: {}",
-                errors::redact_text(&errors::error_chain(&e))
+                errors::redacted_chain(&e)
             ))),
         }
     }
@@ -349,8 +349,5 @@ impl JsonApi {
 }
 
 fn transport_error(op: &str, e: &reqwest::Error) -> StorageError {
-    StorageError::Backend(format!(
-        "gcs {op} failed: {}",
-        errors::redact_text(&errors::error_chain(e))
-    ))
+    StorageError::Backend(format!("gcs {op} failed: {}", errors::redacted_chain(e)))
 }

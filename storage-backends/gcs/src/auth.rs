@@ -16,9 +16,10 @@ use google_cloud_auth::credentials::{
 };
 use google_cloud_auth::signer::{Signer, SigningError, SigningProvider};
 use http::Extensions;
-use spillway_storage::StorageError;
+use spillway_storage::{CappedError, StorageError};
 use url::Url;
 
+use crate::config::origin_string;
 use crate::errors;
 use crate::GcsConfig;
 
@@ -57,7 +58,7 @@ pub(crate) fn load(config: &GcsConfig) -> Result<Auth, StorageError> {
                 .map_err(|e| {
                     config_error(format!(
                         "gcs application default credentials: {}",
-                        errors::redact_text(&errors::error_chain(&e))
+                        errors::redacted_chain(&e)
                     ))
                 })?,
         }
@@ -72,7 +73,7 @@ pub(crate) fn load(config: &GcsConfig) -> Result<Auth, StorageError> {
             }
             check_account(account)?;
             let endpoint = match &config.iam_endpoint {
-                Some(u) => crate::origin_string(u),
+                Some(u) => origin_string(u),
                 None => DEFAULT_IAM_ENDPOINT.to_string(),
             };
             Ok(Signer::from(IamSignBlob::new(
@@ -95,7 +96,7 @@ pub(crate) fn load(config: &GcsConfig) -> Result<Auth, StorageError> {
                         "the application default credentials cannot sign urls ({}): use a \
                          service-account key, or set SPILLWAY_GCS_SIGNING_ACCOUNT to a service \
                          account these credentials may sign as",
-                        errors::redact_text(&errors::error_chain(&e))
+                        errors::redacted_chain(&e)
                     )
                 }),
         },
@@ -139,7 +140,7 @@ fn credentials_from_json(json: &serde_json::Value) -> Result<Credentials, Storag
     built.map_err(|e| {
         config_error(format!(
             "gcs credentials ({kind}): {}",
-            errors::redact_text(&errors::error_chain(&e))
+            errors::redacted_chain(&e)
         ))
     })
 }
@@ -159,7 +160,7 @@ fn signer_from_json(json: &serde_json::Value) -> Result<Signer, String> {
     built.map_err(|e| {
         format!(
             "cannot sign urls with the {kind} credentials: {}",
-            errors::redact_text(&errors::error_chain(&e))
+            errors::redacted_chain(&e)
         )
     })
 }
@@ -223,17 +224,12 @@ impl IamSignBlob {
             Ok(CacheableResource::NotModified) => {
                 return Err("credentials returned no headers".into())
             }
-            Err(e) => {
-                return Err(format!(
-                    "credentials: {}",
-                    errors::redact_text(&errors::error_chain(&e))
-                ))
-            }
+            Err(e) => return Err(format!("credentials: {}", errors::redacted_chain(&e))),
         };
         let body = serde_json::json!({
             "payload": base64::prelude::BASE64_STANDARD.encode(content),
         });
-        let mut response = self
+        let response = self
             .http
             .post(self.url.clone())
             .headers(headers)
@@ -241,19 +237,18 @@ impl IamSignBlob {
             .body(body.to_string())
             .send()
             .await
-            .map_err(|e| errors::redact_text(&errors::error_chain(&e)))?;
+            .map_err(|e| errors::redacted_chain(&e))?;
         let status = response.status();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| errors::redact_text(&errors::error_chain(&e)))?
-        {
-            if bytes.len() + chunk.len() > MAX_SIGN_RESPONSE_BYTES {
-                return Err("signBlob response too large".into());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = spillway_storage::collect_capped(
+            response.bytes_stream(),
+            None,
+            MAX_SIGN_RESPONSE_BYTES as u64,
+        )
+        .await
+        .map_err(|e| match e {
+            CappedError::TooLarge { .. } => "signBlob response too large".to_string(),
+            CappedError::Stream(e) => errors::redacted_chain(&e),
+        })?;
         if !status.is_success() {
             return Err(format!(
                 "signBlob for {} answered http {}: {}",

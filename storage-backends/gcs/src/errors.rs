@@ -4,7 +4,7 @@
 //! capabilities (a resumable upload session URL lets anyone holding it write the object), so
 //! every URL in a message is cut down to `scheme://host[:port]/path` and messages are bounded.
 
-use spillway_storage::{redact_url, ObjectKey, StorageError};
+use spillway_storage::{ObjectKey, StorageError};
 
 /// Longest error text kept (the service's explanation is in the first few hundred bytes).
 const MAX_MESSAGE_LEN: usize = 600;
@@ -26,21 +26,10 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Replaces every `http://` or `https://` URL in `text` with its redacted form, and bounds the
-/// length.
+/// [`spillway_storage::redact_text`] (every URL cut down to `scheme://host[:port]/path`), bounded
+/// to [`MAX_MESSAGE_LEN`] bytes.
 pub(crate) fn redact_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(MAX_MESSAGE_LEN));
-    let mut rest = text;
-    while let Some(at) = find_url(rest) {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>' | '<' | ','))
-            .unwrap_or(tail.len());
-        out.push_str(&redact_url(&tail[..end]));
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
+    let mut out = spillway_storage::redact_text(text);
     if out.len() > MAX_MESSAGE_LEN {
         let mut cut = MAX_MESSAGE_LEN;
         while !out.is_char_boundary(cut) {
@@ -52,12 +41,9 @@ pub(crate) fn redact_text(text: &str) -> String {
     out
 }
 
-fn find_url(text: &str) -> Option<usize> {
-    let lower = text.to_ascii_lowercase();
-    match (lower.find("http://"), lower.find("https://")) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+/// `e` and its sources ([`error_chain`]), redacted and bounded ([`redact_text`]).
+pub(crate) fn redacted_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    redact_text(&error_chain(e))
 }
 
 /// Maps a client-library error: 404 on an object is [`StorageError::NotFound`], the rest is a
@@ -73,10 +59,7 @@ pub(crate) fn from_gcs(
         },
         (status, _) => {
             let status = status.map(|s| format!(" (http {s})")).unwrap_or_default();
-            StorageError::Backend(format!(
-                "gcs {op} failed{status}: {}",
-                redact_text(&error_chain(&e))
-            ))
+            StorageError::Backend(format!("gcs {op} failed{status}: {}", redacted_chain(&e)))
         }
     }
 }

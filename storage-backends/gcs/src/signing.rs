@@ -59,7 +59,7 @@ pub(crate) async fn sign_url(
     let raw = builder.sign_with(signer).await.map_err(|e| {
         StorageError::Backend(format!(
             "signing a gcs url failed: {}",
-            errors::redact_text(&errors::error_chain(&e))
+            errors::redacted_chain(&e)
         ))
     })?;
     let url = Url::parse(&raw)

@@ -133,27 +133,6 @@ fn check_public_base(base: &Url) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Checks put options against what the router can echo back as HTTP headers unchanged.
-fn check_put_options(opts: &PutOptions) -> Result<(), StorageError> {
-    for (name, value) in [
-        ("content-type", &opts.content_type),
-        ("content-encoding", &opts.content_encoding),
-    ] {
-        if let Some(v) = value {
-            if v.len() > disk::MAX_HEADER_VALUE_LEN
-                || http::HeaderValue::from_str(v).is_err()
-                || v.bytes()
-                    .any(|b| !(b == b' ' || b == b'\t' || b.is_ascii_graphic()))
-            {
-                return Err(StorageError::Backend(format!(
-                    "{name} is not a valid http header value"
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 impl LocalStore {
     /// Opens (creating if needed) the store at `config.root` and removes temporary files left
     /// by a crashed process (untouched for an hour). Replicas may share a root on a shared
@@ -236,7 +215,7 @@ impl Storage for LocalStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<ObjectMeta, StorageError> {
-        check_put_options(&opts)?;
+        opts.validate()?;
         self.disk
             .write(key, payload, opts, self.max_object_bytes)
             .await
@@ -307,6 +286,9 @@ impl Storage for LocalStore {
         if url.scheme() != base.scheme()
             || url.host_str() != base.host_str()
             || url.port_or_known_default() != base.port_or_known_default()
+            // As S3 and GCS: a URL with user info is not one this store handed out.
+            || !url.username().is_empty()
+            || url.password().is_some()
         {
             return Err(foreign());
         }

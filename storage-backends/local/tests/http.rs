@@ -1,6 +1,8 @@
 //! The local store over real HTTP on 127.0.0.1: presigned GET/HEAD/PUT, ranges, signature and
 //! expiry checks, path traversal, size caps and cleanup of aborted uploads.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{self, HeaderMap};
 use reqwest::StatusCode;
+use spillway_storage::conformance::with_query_param;
 use spillway_storage::{
     ObjectKey, PresignMethod, PresignedUrl, PutOptions, PutPayload, Storage, StorageError,
 };
@@ -190,23 +193,6 @@ fn signature_of(url: &Url) -> String {
         .find(|(k, _)| k == "X-Spillway-Signature")
         .map(|(_, v)| v.into_owned())
         .unwrap()
-}
-
-fn with_query_param(url: &Url, name: &str, value: &str) -> Url {
-    let pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| {
-            let v = if k == name {
-                value.to_string()
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        })
-        .collect();
-    let mut out = url.clone();
-    out.query_pairs_mut().clear().extend_pairs(pairs);
-    out
 }
 
 fn tampered(url: &Url) -> Url {

@@ -1,29 +1,30 @@
 //! Offline unit tests: configuration, presigning and URL checks need no server (presigning is
 //! local computation; nothing listens on the endpoints used here and nothing is sent).
 
-use super::*;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
+use spillway_storage::{redact_url, PresignMethod, Storage, StorageError};
+use url::Url;
+
+use crate::creds::CredentialsWatch;
+use crate::ops::content_range_total;
+use crate::{S3Config, S3Store, DEFAULT_PART_SIZE, MAX_PARTS};
 
 const INTERNAL: &str = "http://127.0.0.1:9";
 const PUBLIC: &str = "http://127.0.0.2:9000";
 
-fn settings(bucket: &str) -> StoreSettings {
-    StoreSettings {
-        bucket: Some(bucket.to_string()),
-        key_prefix: "results/".to_string(),
-        max_object_bytes: 1 << 30,
-    }
-}
-
-fn args(public: bool) -> S3Args {
-    S3Args {
-        s3_endpoint: Some(Url::parse(INTERNAL).unwrap()),
-        s3_public_endpoint: public.then(|| Url::parse(PUBLIC).unwrap()),
-        s3_region: Some("eu-west-1".into()),
-        s3_path_style: true,
-        s3_connect_timeout: 2,
-        ..S3Args::default()
-    }
+fn config(public: bool) -> S3Config {
+    let mut c = S3Config::new("bucket");
+    c.key_prefix = "results/".to_string();
+    c.max_object_bytes = 1 << 30;
+    c.endpoint = Some(Url::parse(INTERNAL).unwrap());
+    c.public_endpoint = public.then(|| Url::parse(PUBLIC).unwrap());
+    c.region = Some("eu-west-1".into());
+    c.path_style = true;
+    c.connect_timeout = Duration::from_secs(2);
+    c
 }
 
 fn creds(akid: &str) -> Credentials {
@@ -31,9 +32,16 @@ fn creds(akid: &str) -> Credentials {
 }
 
 async fn store(public: bool) -> S3Store {
-    S3Store::connect_with_credentials(&args(public), &settings("bucket"), creds("AKIDUNITTEST"))
+    S3Store::with_credentials(config(public), creds("AKIDUNITTEST"))
         .await
         .expect("connect")
+}
+
+fn config_message(r: Result<S3Store, StorageError>) -> String {
+    match r {
+        Err(StorageError::Config(m)) => m,
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
 }
 
 fn refused_reason(e: StorageError) -> String {
@@ -62,58 +70,67 @@ fn with_param(url: &Url, name: &str, value: &str) -> Url {
 
 #[tokio::test]
 async fn configuration_is_validated_before_anything_is_sent() {
-    let connect = |a: S3Args, s: StoreSettings| async move {
-        S3Store::connect_with_credentials(&a, &s, creds("AKID")).await
-    };
-    let msg = |r: Result<S3Store, StorageError>| match r {
-        Err(StorageError::Config(m)) => m,
-        other => panic!("expected a configuration error, got {other:?}"),
-    };
-    let mut s = settings("bucket");
-    s.bucket = None;
-    assert!(msg(connect(args(false), s).await).contains("SPILLWAY_BUCKET is required"));
-    for bad in ["Bucket", "b", "bucket/x", "-bucket", "bucket name"] {
-        assert!(msg(connect(args(false), settings(bad)).await).contains("not a valid bucket"));
+    let connect = |c: S3Config| async move { S3Store::with_credentials(c, creds("AKID")).await };
+    let msg = config_message;
+    for bad in ["Bucket", "b", "bucket/x", "-bucket", "bucket name", ""] {
+        let mut c = config(false);
+        c.bucket = bad.into();
+        let m = msg(connect(c).await);
+        assert!(
+            m.contains("`bucket`") && m.contains("not a valid bucket"),
+            "{m}"
+        );
     }
-    let mut s = settings("bucket");
-    s.key_prefix = "../x/".into();
-    assert!(msg(connect(args(false), s).await).contains("SPILLWAY_KEY_PREFIX"));
-    let mut a = args(false);
-    a.s3_part_size = 1024 * 1024;
-    assert!(msg(connect(a, settings("bucket")).await).contains("SPILLWAY_S3_PART_SIZE"));
-    let mut a = args(false);
-    a.s3_upload_concurrency = 0;
-    assert!(msg(connect(a, settings("bucket")).await).contains("SPILLWAY_S3_UPLOAD_CONCURRENCY"));
-    let mut a = args(false);
-    a.s3_multipart_threshold = 6 * 1024 * 1024 * 1024;
-    assert!(msg(connect(a, settings("bucket")).await).contains("SPILLWAY_S3_MULTIPART_THRESHOLD"));
-    let mut a = args(false);
-    a.s3_sse_kms_key_id = Some("alias/x".into());
-    assert!(msg(connect(a, settings("bucket")).await).contains("SPILLWAY_S3_SSE=aws:kms"));
-    let mut a = args(false);
-    a.s3_storage_class = Some("standard ia".into());
-    assert!(msg(connect(a, settings("bucket")).await).contains("SPILLWAY_S3_STORAGE_CLASS"));
-    let mut a = args(false);
-    a.s3_public_endpoint = Some(Url::parse("http://u:p@127.0.0.1:9/?x=1").unwrap());
-    let m = msg(connect(a, settings("bucket")).await);
+    let mut c = config(false);
+    c.key_prefix = "../x/".into();
+    assert!(msg(connect(c).await).contains("`key_prefix`"));
+    let mut c = config(false);
+    c.part_size = 1024 * 1024;
+    assert!(msg(connect(c).await).contains("`part_size`"));
+    let mut c = config(false);
+    c.upload_concurrency = 0;
+    assert!(msg(connect(c).await).contains("`upload_concurrency`"));
+    let mut c = config(false);
+    c.multipart_threshold = 6 * 1024 * 1024 * 1024;
+    assert!(msg(connect(c).await).contains("`multipart_threshold`"));
+    let mut c = config(false);
+    c.sse_kms_key_id = Some("alias/x".into());
+    assert!(msg(connect(c).await).contains("`sse_kms_key_id` needs `sse`=aws:kms"));
+    let mut c = config(false);
+    c.storage_class = Some("standard ia".into());
+    assert!(msg(connect(c).await).contains("`storage_class`"));
+    let mut c = config(false);
+    c.public_endpoint = Some(Url::parse("http://u:p@127.0.0.1:9/?x=1").unwrap());
+    let m = msg(connect(c).await);
+    assert!(m.contains("`public_endpoint`") && !m.contains("u:p"), "{m}");
+    let mut c = config(false);
+    c.endpoint = Some(Url::parse("ftp://127.0.0.1/").unwrap());
+    assert!(msg(connect(c).await).contains("http(s)"));
+    let mut c = config(false);
+    c.max_object_bytes = u64::MAX;
+    assert!(msg(connect(c).await).contains("`max_object_bytes`"));
+}
+
+#[test]
+fn config_debug_redacts_endpoints() {
+    let mut c = config(true);
+    c.endpoint = Some(Url::parse("http://user:secret@127.0.0.1:9/?token=t").unwrap());
+    let shown = format!("{c:?}");
     assert!(
-        m.contains("SPILLWAY_S3_PUBLIC_ENDPOINT") && !m.contains("u:p"),
-        "{m}"
+        !shown.contains("secret") && !shown.contains("token"),
+        "{shown}"
     );
-    let mut a = args(false);
-    a.s3_endpoint = Some(Url::parse("ftp://127.0.0.1/").unwrap());
-    assert!(msg(connect(a, settings("bucket")).await).contains("http(s)"));
+    assert!(shown.contains("127.0.0.1:9"), "{shown}");
 }
 
 #[tokio::test]
 async fn the_part_size_grows_when_the_largest_object_needs_it() {
-    let mut s = settings("bucket");
-    s.max_object_bytes = 200 * 1024 * 1024 * 1024; // 200 GiB: 20 MiB parts at least
-    let store = S3Store::connect_with_credentials(&args(false), &s, creds("AKID"))
-        .await
-        .unwrap();
+    let mut c = config(false);
+    c.max_object_bytes = 200 * 1024 * 1024 * 1024; // 200 GiB: 20 MiB parts at least
+    let max = c.max_object_bytes;
+    let store = S3Store::with_credentials(c, creds("AKID")).await.unwrap();
     assert_eq!(store.part_size(), 21 * 1024 * 1024);
-    assert!(store.part_size() * MAX_PARTS >= s.max_object_bytes);
+    assert!(store.part_size() * MAX_PARTS >= max);
     assert_eq!(self::store(false).await.part_size(), DEFAULT_PART_SIZE);
 }
 
@@ -268,10 +285,9 @@ async fn internal_endpoint_urls_are_accepted_too() {
 #[tokio::test]
 async fn urls_signed_with_rotated_credentials_are_checked_for_shape_and_expiry_only() {
     let current = store(true).await;
-    let previous =
-        S3Store::connect_with_credentials(&args(true), &settings("bucket"), creds("AKIDOLDKEY"))
-            .await
-            .unwrap();
+    let previous = S3Store::with_credentials(config(true), creds("AKIDOLDKEY"))
+        .await
+        .unwrap();
     let key = previous.new_key();
     let url = previous
         .presign(&key, PresignMethod::Get, Duration::from_secs(60))
@@ -295,7 +311,7 @@ async fn temporary_credentials_shorter_than_the_ttl_are_reported() {
         Some(expiry),
         "t",
     );
-    let store = S3Store::connect_with_credentials(&args(false), &settings("bucket"), temporary)
+    let store = S3Store::with_credentials(config(false), temporary)
         .await
         .unwrap();
     assert_eq!(store.credentials_expiry(), Some(expiry));
@@ -336,41 +352,11 @@ fn content_ranges_parse() {
     assert_eq!(content_range_total("items 0-9/10"), None);
 }
 
-#[test]
-fn s3_args_parse_from_flags_and_defaults() {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        s3: S3Args,
-    }
-    let cli = Cli::try_parse_from([
-        "x",
-        "--s3-endpoint",
-        "http://minio:9000",
-        "--s3-path-style",
-        "--s3-sse",
-        "aws:kms",
-        "--s3-sse-kms-key-id",
-        "alias/spillway",
-        "--s3-part-size",
-        "16777216",
-    ])
-    .unwrap();
-    assert!(cli.s3.s3_path_style);
-    assert_eq!(cli.s3.s3_sse, SseMode::AwsKms);
-    assert_eq!(cli.s3.s3_part_size, 16 * 1024 * 1024);
-    assert_eq!(cli.s3.s3_upload_concurrency, DEFAULT_UPLOAD_CONCURRENCY);
-    let cli = Cli::try_parse_from(["x", "--s3-sse", "sse-s3"]).unwrap();
-    assert_eq!(cli.s3.s3_sse, SseMode::Aes256);
-    assert!(Cli::try_parse_from(["x", "--s3-sse", "rot13"]).is_err());
-}
-
 #[tokio::test]
 async fn aws_endpoint_url_variables_are_honoured_without_an_explicit_endpoint() {
     // The only test that reads these variables: every other one sets `s3_endpoint`.
-    let mut a = args(false);
-    a.s3_endpoint = None;
+    let mut a = config(false);
+    a.endpoint = None;
     let presigned_base = |store: S3Store| async move {
         let key = store.new_key();
         let url = store
@@ -388,9 +374,9 @@ async fn aws_endpoint_url_variables_are_honoured_without_an_explicit_endpoint() 
         base
     };
     std::env::set_var("AWS_ENDPOINT_URL", "http://127.0.0.3:9001");
-    let general = S3Store::connect_with_credentials(&a, &settings("bucket"), creds("AKID")).await;
+    let general = S3Store::with_credentials(a.clone(), creds("AKID")).await;
     std::env::set_var("AWS_ENDPOINT_URL_S3", "http://127.0.0.4:9002");
-    let specific = S3Store::connect_with_credentials(&a, &settings("bucket"), creds("AKID")).await;
+    let specific = S3Store::with_credentials(a.clone(), creds("AKID")).await;
     std::env::remove_var("AWS_ENDPOINT_URL_S3");
     std::env::remove_var("AWS_ENDPOINT_URL");
     assert_eq!(

@@ -22,8 +22,8 @@ use futures::StreamExt;
 use spillway_storage::{ObjectKey, ObjectMeta, PutOptions, PutPayload, StorageError};
 use tokio::task::JoinSet;
 
+use crate::config::ObjectSettings;
 use crate::errors::object_error;
-use crate::ObjectSettings;
 
 /// S3's limit on the number of parts of one upload.
 pub const MAX_PARTS: u64 = 10_000;

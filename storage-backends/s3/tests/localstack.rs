@@ -2,7 +2,12 @@
 //! `scripts/test.sh` (scripts/test.d/20-localstack.env.sh), with presigned-URL signature and
 //! expiry checks on. `SPILLWAY_TEST_S3_ENDPOINT` names it; credentials come from the standard
 //! chain (the script exports `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`). Without the variable
-//! the tests say they are skipped, unless `SPILLWAY_REQUIRE_SERVERS=1`, where they fail.
+//! the tests say they are skipped, unless `SPILLWAY_REQUIRE_SERVERS=1`, where they fail
+//! (`spillway_test_support::require_env`). The storage contract shared by every backend is
+//! `spillway_storage::conformance`; the tests below are S3's own (multipart, SSE, lifecycle,
+//! public endpoints).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,52 +17,31 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
+use spillway_storage::conformance::{self, assert_not_found, chunked, Capabilities};
 use spillway_storage::{
-    ByteRange, InitOptions, ObjectKey, PresignMethod, PutOptions, PutPayload, Storage,
-    StorageError, StoreSettings,
+    ByteRange, InitOptions, ObjectKey, PresignMethod, PutOptions, PutPayload, Storage, StorageError,
 };
 use spillway_storage_s3::aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
-use spillway_storage_s3::{S3Args, S3Store};
+use spillway_storage_s3::{S3Config, S3Store};
+use spillway_test_support::{generated_bytes, require_env};
 use url::Url;
 
 const MIB: usize = 1024 * 1024;
 
 fn endpoint() -> Option<String> {
-    match std::env::var("SPILLWAY_TEST_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            if std::env::var("SPILLWAY_REQUIRE_SERVERS").is_ok_and(|v| v == "1") {
-                panic!(
-                    "SPILLWAY_REQUIRE_SERVERS=1 but SPILLWAY_TEST_S3_ENDPOINT is not set: \
-                     run ./scripts/test.sh (it starts LocalStack)"
-                );
-            }
-            eprintln!(
-                "\n*** SKIPPED: SPILLWAY_TEST_S3_ENDPOINT is not set (LocalStack). \
-                 Run ./scripts/test.sh to run the S3 tests. ***\n"
-            );
-            None
-        }
-    }
+    require_env("SPILLWAY_TEST_S3_ENDPOINT", "LocalStack")
 }
 
-fn args(endpoint: &str) -> S3Args {
-    S3Args {
-        s3_endpoint: Some(Url::parse(endpoint).unwrap()),
-        s3_region: Some("us-east-1".into()),
-        s3_path_style: true,
-        s3_connect_timeout: 5,
-        s3_request_timeout: 60,
-        ..S3Args::default()
-    }
-}
-
-fn settings(bucket: &str) -> StoreSettings {
-    StoreSettings {
-        bucket: Some(bucket.to_string()),
-        key_prefix: "spillway/".into(),
-        max_object_bytes: 1 << 30,
-    }
+fn config(endpoint: &str, bucket: &str) -> S3Config {
+    let mut c = S3Config::new(bucket);
+    c.key_prefix = "spillway/".into();
+    c.max_object_bytes = 1 << 30;
+    c.endpoint = Some(Url::parse(endpoint).unwrap());
+    c.region = Some("us-east-1".into());
+    c.path_style = true;
+    c.connect_timeout = Duration::from_secs(5);
+    c.request_timeout = Duration::from_secs(60);
+    c
 }
 
 fn unique_bucket() -> String {
@@ -78,25 +62,14 @@ fn rand_u64() -> u64 {
 
 /// Incompressible, reproducible bytes.
 fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    generated_bytes(len, seed)
 }
 
 /// A store on a fresh bucket, after `tweak` adjusted its settings.
-async fn store(endpoint: &str, tweak: impl FnOnce(&mut S3Args, &mut StoreSettings)) -> S3Store {
-    let bucket = unique_bucket();
-    let mut a = args(endpoint);
-    let mut s = settings(&bucket);
-    tweak(&mut a, &mut s);
-    let store = S3Store::connect(&a, &s).await.expect("connect");
+async fn store(endpoint: &str, tweak: impl FnOnce(&mut S3Config)) -> S3Store {
+    let mut c = config(endpoint, &unique_bucket());
+    tweak(&mut c);
+    let store = S3Store::new(c).await.expect("connect");
     store
         .client()
         .create_bucket()
@@ -105,17 +78,6 @@ async fn store(endpoint: &str, tweak: impl FnOnce(&mut S3Args, &mut StoreSetting
         .await
         .expect("create bucket");
     store
-}
-
-fn chunked(bytes: &[u8], chunk: usize) -> PutPayload {
-    let chunks: Vec<std::io::Result<Bytes>> = bytes
-        .chunks(chunk)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    PutPayload::Stream {
-        stream: futures::stream::iter(chunks).boxed(),
-        size_hint: None,
-    }
 }
 
 async fn read_all(store: &S3Store, key: &ObjectKey, range: Option<ByteRange>) -> Vec<u8> {
@@ -143,74 +105,25 @@ fn arrow_opts(encoding: Option<&str>) -> PutOptions {
     }
 }
 
+/// The shared storage contract: objects, ranges, headers, presigned GET and PUT over HTTP,
+/// tampered, foreign and expired URLs. LocalStack checks signatures and expiry, as S3 does.
 #[tokio::test]
-async fn small_objects_round_trip_with_their_headers_ranges_and_deletion() {
+async fn the_s3_store_meets_the_storage_contract() {
     let Some(ep) = endpoint() else { return };
-    let store = store(&ep, |_, _| {}).await;
-    store.check_ready().await.expect("bucket reachable");
+    let store = Arc::new(store(&ep, |_| {}).await);
     let key = store.new_key();
     assert!(key.as_str().starts_with("spillway/") && key.as_str().len() == 9 + 32);
-    let meta = store
-        .put(
-            &key,
-            Bytes::from_static(b"0123456789").into(),
-            arrow_opts(Some("zstd")),
-        )
-        .await
-        .unwrap();
-    assert_eq!(meta.size, 10);
-    assert!(meta.etag.is_some());
-    let head = store.head(&key).await.unwrap();
-    assert_eq!(head.size, 10);
-    assert_eq!(
-        head.content_type.as_deref(),
-        Some("application/vnd.apache.arrow.stream")
-    );
-    assert_eq!(head.content_encoding.as_deref(), Some("zstd"));
-    assert_eq!(read_all(&store, &key, None).await, b"0123456789");
-    let got = store
-        .get(&key, Some(ByteRange { start: 3, end: 7 }))
-        .await
-        .unwrap();
-    assert_eq!(got.meta.size, 10);
-    assert_eq!(got.range, ByteRange { start: 3, end: 7 });
-    assert_eq!(got.meta.content_encoding.as_deref(), Some("zstd"));
-    let body: Vec<Bytes> = got.stream.try_collect().await.unwrap();
-    assert_eq!(body.concat(), b"3456");
-    // A range running past the end is cut to the object.
-    let tail = read_all(&store, &key, Some(ByteRange { start: 8, end: 100 })).await;
-    assert_eq!(tail, b"89");
-    for bad in [
-        ByteRange { start: 10, end: 20 },
-        ByteRange { start: 4, end: 4 },
-    ] {
-        match store.get(&key, Some(bad)).await {
-            Err(StorageError::RangeNotSatisfiable { size: 10 }) => {}
-            other => panic!("{bad:?}: expected RangeNotSatisfiable, got {other:?}"),
-        }
-    }
-    store.delete(&key).await.unwrap();
-    store
-        .delete(&key)
-        .await
-        .expect("deleting a missing object is fine");
-    assert!(matches!(
-        store.head(&key).await,
-        Err(StorageError::NotFound { .. })
-    ));
-    assert!(matches!(
-        store.get(&key, None).await,
-        Err(StorageError::NotFound { .. })
-    ));
+    let dynamic: Arc<dyn Storage> = store;
+    conformance::run_all(dynamic, Capabilities::FULL).await;
 }
 
 #[tokio::test]
 async fn large_streams_use_parallel_multipart_uploads() {
     let Some(ep) = endpoint() else { return };
-    let store = store(&ep, |a, _| {
-        a.s3_multipart_threshold = 6 * MIB as u64;
-        a.s3_part_size = 5 * MIB as u64;
-        a.s3_upload_concurrency = 3;
+    let store = store(&ep, |c| {
+        c.multipart_threshold = 6 * MIB as u64;
+        c.part_size = 5 * MIB as u64;
+        c.upload_concurrency = 3;
     })
     .await;
     // 23 MiB + 1 byte in 3 MiB chunks: parts are cut across chunk boundaries, the last part
@@ -283,11 +196,11 @@ async fn large_streams_use_parallel_multipart_uploads() {
 #[tokio::test]
 async fn failed_multipart_uploads_are_aborted() {
     let Some(ep) = endpoint() else { return };
-    let store = store(&ep, |a, s| {
-        a.s3_multipart_threshold = 5 * MIB as u64;
-        a.s3_part_size = 5 * MIB as u64;
-        a.s3_upload_concurrency = 2;
-        s.max_object_bytes = 20 * MIB as u64;
+    let store = store(&ep, |c| {
+        c.multipart_threshold = 5 * MIB as u64;
+        c.part_size = 5 * MIB as u64;
+        c.upload_concurrency = 2;
+        c.max_object_bytes = 20 * MIB as u64;
     })
     .await;
 
@@ -309,10 +222,7 @@ async fn failed_multipart_uploads_are_aborted() {
         0,
         "the upload was aborted"
     );
-    assert!(matches!(
-        store.head(&key).await,
-        Err(StorageError::NotFound { .. })
-    ));
+    assert_not_found("head", store.head(&key).await);
 
     // Past the size limit.
     let key = store.new_key();
@@ -328,10 +238,7 @@ async fn failed_multipart_uploads_are_aborted() {
         other => panic!("expected TooLarge, got {other:?}"),
     }
     assert_eq!(incomplete_uploads(&store, &key).await, 0);
-    assert!(matches!(
-        store.head(&key).await,
-        Err(StorageError::NotFound { .. })
-    ));
+    assert_not_found("head", store.head(&key).await);
     // A size hint past the limit is refused before anything is sent.
     let key = store.new_key();
     let hinted = PutPayload::Stream {
@@ -366,9 +273,9 @@ impl Stream for Stalling {
 async fn a_cancelled_multipart_upload_is_aborted() {
     let Some(ep) = endpoint() else { return };
     let store = Arc::new(
-        store(&ep, |a, _| {
-            a.s3_multipart_threshold = 5 * MIB as u64;
-            a.s3_part_size = 5 * MIB as u64;
+        store(&ep, |c| {
+            c.multipart_threshold = 5 * MIB as u64;
+            c.part_size = 5 * MIB as u64;
         })
         .await,
     );
@@ -405,162 +312,7 @@ async fn a_cancelled_multipart_upload_is_aborted() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(matches!(
-        store.head(&key).await,
-        Err(StorageError::NotFound { .. })
-    ));
-}
-
-#[tokio::test]
-async fn presigned_urls_work_and_s3_enforces_signature_method_and_expiry() {
-    let Some(ep) = endpoint() else { return };
-    let store = store(&ep, |_, _| {}).await;
-    let http = reqwest::Client::new();
-    let key = store.new_key();
-    store
-        .put(
-            &key,
-            Bytes::from_static(b"payload").into(),
-            arrow_opts(Some("zstd")),
-        )
-        .await
-        .unwrap();
-    let get = store
-        .presign(&key, PresignMethod::Get, Duration::from_secs(300))
-        .await
-        .unwrap();
-    assert_eq!(store.key_from_url(&get.url).unwrap(), key);
-    let resp = http.get(get.url.clone()).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-encoding"], "zstd");
-    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"payload");
-    // Ranged GETs work on a GET URL.
-    let resp = http
-        .get(get.url.clone())
-        .header("range", "bytes=1-3")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 206);
-    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"ayl");
-
-    // A changed signature, a GET URL used to PUT, and an expired URL are all refused by S3.
-    let sig: String = get
-        .url
-        .query_pairs()
-        .find(|(k, _)| k == "X-Amz-Signature")
-        .unwrap()
-        .1
-        .into_owned();
-    let flipped = format!(
-        "{}{}",
-        if sig.starts_with('0') { '1' } else { '0' },
-        &sig[1..]
-    );
-    let tampered = Url::parse(&get.url.as_str().replace(&sig, &flipped)).unwrap();
-    assert_eq!(
-        http.get(tampered.clone()).send().await.unwrap().status(),
-        403
-    );
-    assert!(matches!(
-        store.key_from_url(&tampered),
-        Err(StorageError::UrlRefused { .. })
-    ));
-    assert_eq!(
-        http.put(get.url.clone())
-            .body("x")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
-    let expired = store
-        .presign_until(
-            &key,
-            PresignMethod::Get,
-            SystemTime::now() - Duration::from_secs(1),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        http.get(expired.url.clone()).send().await.unwrap().status(),
-        403
-    );
-    match store.key_from_url(&expired.url) {
-        Err(StorageError::UrlRefused { reason }) => assert!(reason.contains("expired")),
-        other => panic!("expected UrlRefused, got {other:?}"),
-    }
-
-    // Upload URLs: PUT works, then the object reads back through the store.
-    let up_key = store.new_key();
-    let put = store
-        .presign(&up_key, PresignMethod::Put, Duration::from_secs(300))
-        .await
-        .unwrap();
-    let resp = http
-        .put(put.url.clone())
-        .header("content-type", "application/vnd.apache.arrow.stream")
-        .body("uploaded")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(matches!(
-        store.key_from_url(&put.url),
-        Err(StorageError::UrlRefused { .. })
-    ));
-    assert_eq!(read_all(&store, &up_key, None).await, b"uploaded");
-    let down = store
-        .presign(&up_key, PresignMethod::Get, Duration::from_secs(300))
-        .await
-        .unwrap();
-    assert_eq!(store.key_from_url(&down.url).unwrap(), up_key);
-}
-
-#[tokio::test]
-async fn a_presigned_url_stops_working_when_its_ttl_has_passed() {
-    let Some(ep) = endpoint() else { return };
-    let store = store(&ep, |_, _| {}).await;
-    let http = reqwest::Client::new();
-    let key = store.new_key();
-    store
-        .put(
-            &key,
-            Bytes::from_static(b"short-lived").into(),
-            PutOptions::default(),
-        )
-        .await
-        .unwrap();
-    let url = store
-        .presign(&key, PresignMethod::Get, Duration::from_secs(1))
-        .await
-        .unwrap();
-    // Usable at first (the signing second may already be partly over: retry within it).
-    let first = http.get(url.url.clone()).send().await.unwrap().status();
-    assert!(
-        first == 200 || SystemTime::now() >= url.expires_at,
-        "a fresh url must work, got {first}"
-    );
-    // Poll (bounded) until S3 refuses it; it must happen within a few seconds of its expiry.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = http.get(url.url.clone()).send().await.unwrap().status();
-        if status == 403 {
-            break;
-        }
-        assert_eq!(status, 200);
-        assert!(
-            Instant::now() < deadline,
-            "the url still worked 15 s after its 1 s ttl"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(SystemTime::now() >= url.expires_at - Duration::from_secs(1));
-    assert!(matches!(
-        store.key_from_url(&url.url),
-        Err(StorageError::UrlRefused { .. })
-    ));
+    assert_not_found("head", store.head(&key).await);
 }
 
 #[tokio::test]
@@ -570,8 +322,8 @@ async fn urls_for_a_public_endpoint_are_signed_for_it() {
     // host clients use, not for the one the server uses.
     let port = Url::parse(&ep).unwrap().port().unwrap();
     let public = format!("http://localhost:{port}");
-    let store = store(&ep, |a, _| {
-        a.s3_public_endpoint = Some(Url::parse(&public).unwrap())
+    let store = store(&ep, |c| {
+        c.public_endpoint = Some(Url::parse(&public).unwrap())
     })
     .await;
     let key = store.new_key();
@@ -603,11 +355,11 @@ async fn urls_for_a_public_endpoint_are_signed_for_it() {
 #[tokio::test]
 async fn encryption_and_storage_class_are_applied() {
     let Some(ep) = endpoint() else { return };
-    let store = store(&ep, |a, _| {
-        a.s3_sse = spillway_storage_s3::SseMode::Aes256;
-        a.s3_storage_class = Some("STANDARD_IA".into());
-        a.s3_multipart_threshold = 5 * MIB as u64;
-        a.s3_part_size = 5 * MIB as u64;
+    let store = store(&ep, |c| {
+        c.sse = spillway_storage_s3::SseMode::Aes256;
+        c.storage_class = Some("STANDARD_IA".into());
+        c.multipart_threshold = 5 * MIB as u64;
+        c.part_size = 5 * MIB as u64;
     })
     .await;
     for size in [100, 11 * MIB] {
@@ -646,9 +398,9 @@ async fn encryption_and_storage_class_are_applied() {
 async fn init_creates_the_bucket_and_installs_the_lifecycle_rule() {
     let Some(ep) = endpoint() else { return };
     let bucket = unique_bucket();
-    let mut s = settings(&bucket);
-    s.key_prefix = "results/".into();
-    let store = S3Store::connect(&args(&ep), &s).await.unwrap();
+    let mut c = config(&ep, &bucket);
+    c.key_prefix = "results/".into();
+    let store = S3Store::new(c).await.unwrap();
     match store.check_ready().await {
         Err(StorageError::Config(m)) => assert!(m.contains("does not exist"), "{m}"),
         other => panic!("expected a missing-bucket error, got {other:?}"),
@@ -762,7 +514,7 @@ async fn an_unreachable_store_fails_with_a_redacted_backend_error() {
         return;
     }
     // Port 9 (discard): nothing listens there.
-    let store = S3Store::connect(&args("http://127.0.0.1:9"), &settings("spillway-nowhere"))
+    let store = S3Store::new(config("http://127.0.0.1:9", "spillway-nowhere"))
         .await
         .unwrap();
     let key = store.new_key();

@@ -29,6 +29,8 @@ use futures::stream::BoxStream;
 use url::Url;
 
 mod body;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod redact;
 
 pub use body::{collect_capped, CappedError};
@@ -238,6 +240,48 @@ pub struct PutOptions {
     pub content_encoding: Option<String>,
 }
 
+impl PutOptions {
+    /// The longest `Content-Type` / `Content-Encoding` value a backend accepts.
+    pub const MAX_HEADER_VALUE_LEN: usize = 256;
+
+    /// Checks that both values can be stored and echoed back as HTTP header values unchanged:
+    /// non-empty, at most [`Self::MAX_HEADER_VALUE_LEN`] bytes, visible ASCII and spaces only
+    /// (no tab, no line break). Every backend calls it first in [`Storage::put`], so a value
+    /// one store accepts is accepted by all.
+    ///
+    /// ```
+    /// use spillway_storage::PutOptions;
+    /// let ok = PutOptions {
+    ///     content_type: Some("application/vnd.apache.arrow.stream".into()),
+    ///     content_encoding: Some("zstd".into()),
+    /// };
+    /// assert!(ok.validate().is_ok());
+    /// let injected = PutOptions {
+    ///     content_type: Some("text/plain\r\nx-injected: 1".into()),
+    ///     content_encoding: None,
+    /// };
+    /// assert!(injected.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        for (name, value) in [
+            ("content-type", &self.content_type),
+            ("content-encoding", &self.content_encoding),
+        ] {
+            if let Some(v) = value {
+                if v.is_empty()
+                    || v.len() > Self::MAX_HEADER_VALUE_LEN
+                    || v.bytes().any(|b| !(b == b' ' || b.is_ascii_graphic()))
+                {
+                    return Err(StorageError::Backend(format!(
+                        "{name} is not a valid http header value"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a backend knows about a stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -432,6 +476,50 @@ mod tests {
         assert!(ObjectKey::parse(&"a".repeat(513)).is_err());
         for good in ["a", "results/0123", "x.y-z_w/v"] {
             ObjectKey::parse(good).expect(good);
+        }
+    }
+
+    #[test]
+    fn put_options_must_be_header_values() {
+        let ok = PutOptions {
+            content_type: Some("application/vnd.apache.arrow.stream".into()),
+            content_encoding: Some("zstd".into()),
+        };
+        ok.validate().unwrap();
+        PutOptions::default().validate().unwrap();
+        let longest = "x".repeat(PutOptions::MAX_HEADER_VALUE_LEN);
+        for good in ["a b", longest.as_str(), "text/plain; charset=utf-8"] {
+            let opts = PutOptions {
+                content_type: Some(good.into()),
+                content_encoding: Some(good.into()),
+            };
+            opts.validate().unwrap();
+        }
+        let too_long = "x".repeat(PutOptions::MAX_HEADER_VALUE_LEN + 1);
+        for bad in [
+            "",
+            "a\r\nb: c",
+            "tab\there",
+            "nul\0",
+            "del\x7f",
+            "é",
+            too_long.as_str(),
+        ] {
+            let as_encoding = PutOptions {
+                content_type: None,
+                content_encoding: Some(bad.into()),
+            };
+            let err = as_encoding.validate().unwrap_err();
+            assert!(
+                err.to_string().contains("content-encoding"),
+                "{bad:?}: {err}"
+            );
+            let as_type = PutOptions {
+                content_type: Some(bad.into()),
+                content_encoding: None,
+            };
+            let err = as_type.validate().unwrap_err();
+            assert!(err.to_string().contains("content-type"), "{bad:?}: {err}");
         }
     }
 
