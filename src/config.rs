@@ -13,7 +13,7 @@ use spillway_storage_local::LocalStore;
 use {
     crate::error::{Error, Result},
     crate::externalize::{Compression, ExternalizeConfig},
-    crate::server::{normalize_prefix, Server, ServerConfig},
+    crate::server::{Server, ServerConfig},
     clap::Args,
     spillway_storage::{redact_url, Storage, StoreSettings},
     spillway_storage_gcs::{GcsArgs, GcsStore},
@@ -289,7 +289,8 @@ impl ServeArgs {
             ));
         }
         Ok(ServerConfig {
-            prefix: normalize_prefix(&self.prefix),
+            prefix: crate::wire::http::normalize_prefix(&self.prefix)
+                .map_err(|e| Error::Config(format!("SPILLWAY_PREFIX: {e}")))?,
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
             max_upload_bytes: self.store.max_upload_bytes,
@@ -413,6 +414,21 @@ mod tests {
             Ok(cli) => cli,
             Err(e) => panic!("serve arguments: {e}"),
         }
+    }
+
+    #[test]
+    fn a_prefix_that_is_not_a_path_is_a_config_error() {
+        let mut cli = serve_cli(&[]);
+        let Command::Serve(args) = &mut cli.command else {
+            panic!("not a serve command");
+        };
+        args.prefix = "/vgi?x=1".into();
+        let err = args
+            .server_config()
+            .expect_err("a query in the prefix is refused");
+        assert!(err.to_string().contains("SPILLWAY_PREFIX"), "{err}");
+        args.prefix = "vgi/".into();
+        assert_eq!(args.server_config().unwrap().prefix, "/vgi");
     }
 
     /// Every rendering a log line or a panic message could use.

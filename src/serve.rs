@@ -25,7 +25,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         "spillway serving protocol {}",
         crate::demo::PROTOCOL
     );
-    let (app, admin) = server.into_routers();
+    let (app, admin) = server.try_into_routers()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(admin_addr) = args.admin_listen {
         let admin_listener = tokio::net::TcpListener::bind(admin_addr)
