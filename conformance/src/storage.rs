@@ -148,7 +148,7 @@ impl Storage for FakeStorage {
         ObjectKey::random("")
     }
 
-    async fn put(
+    async fn put_object(
         &self,
         key: &ObjectKey,
         payload: PutPayload,

@@ -236,13 +236,12 @@ impl Storage for GcsStore {
         ObjectKey::random(&self.key_prefix)
     }
 
-    async fn put(
+    async fn put_object(
         &self,
         key: &ObjectKey,
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<ObjectMeta, StorageError> {
-        opts.validate()?;
         let limit = self.max_object_bytes;
         if let Some(size) = payload.size_hint().filter(|&s| s > limit) {
             return Err(StorageError::TooLarge { size, limit });

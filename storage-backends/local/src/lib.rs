@@ -209,13 +209,12 @@ impl Storage for LocalStore {
         ObjectKey::random(&self.key_prefix)
     }
 
-    async fn put(
+    async fn put_object(
         &self,
         key: &ObjectKey,
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<ObjectMeta, StorageError> {
-        opts.validate()?;
         self.disk
             .write(key, payload, opts, self.max_object_bytes)
             .await

@@ -40,13 +40,12 @@ impl Storage for S3Store {
         ObjectKey::random(&self.key_prefix)
     }
 
-    async fn put(
+    async fn put_object(
         &self,
         key: &ObjectKey,
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<ObjectMeta, StorageError> {
-        opts.validate()?;
         self.uploader.put(key, payload, opts).await
     }
 

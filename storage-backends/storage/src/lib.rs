@@ -374,8 +374,22 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// A fresh unguessable key under this store's configured key prefix.
     fn new_key(&self) -> ObjectKey;
 
-    /// Stores an object. A stream that fails leaves nothing behind (no partial object).
+    /// Stores an object: the options are checked with [`PutOptions::validate`] (one rule for
+    /// every backend), then [`Storage::put_object`] writes it. A stream that fails leaves
+    /// nothing behind (no partial object).
     async fn put(
+        &self,
+        key: &ObjectKey,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<ObjectMeta> {
+        opts.validate()?;
+        self.put_object(key, payload, opts).await
+    }
+
+    /// The backend's write, called by [`Storage::put`] with options already validated. Call
+    /// `put`, not this. A stream that fails must leave nothing behind (no partial object).
+    async fn put_object(
         &self,
         key: &ObjectKey,
         payload: PutPayload,
