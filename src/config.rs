@@ -25,6 +25,11 @@ use {
     url::Url,
 };
 
+#[cfg(feature = "cli")]
+mod security;
+#[cfg(feature = "cli")]
+pub use security::{AuthMode, SecurityArgs};
+
 /// Where the local store's objects are served, under the server's prefix.
 pub const LOCAL_STORE_PATH: &str = "/__storage__";
 
@@ -173,6 +178,9 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "SPILLWAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Authentication, authorization, TLS, CORS.
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// Shown in place of a secret.
@@ -203,6 +211,7 @@ impl fmt::Debug for ServeArgs {
             method_timeout,
             demo_max_blob_bytes,
             log_format,
+            security,
         } = self;
         f.debug_struct("ServeArgs")
             .field("listen", listen)
@@ -230,6 +239,7 @@ impl fmt::Debug for ServeArgs {
             .field("method_timeout", method_timeout)
             .field("demo_max_blob_bytes", demo_max_blob_bytes)
             .field("log_format", log_format)
+            .field("security", security)
             .finish()
     }
 }
@@ -305,6 +315,7 @@ impl ServeArgs {
                 max_externalized_bytes: Some(self.max_externalized_response_bytes),
                 ..ExternalizeConfig::default()
             },
+            cors_origins: self.security.cors()?,
             ..ServerConfig::default()
         })
     }
@@ -316,7 +327,13 @@ impl ServeArgs {
         let secret = config.signing_secret.clone();
         let prefix = config.prefix.clone();
         let demo = crate::demo::protocol_with_limit(self.demo_max_blob_bytes)?;
-        let server = Server::new(config).with_protocol(demo);
+        let mut server = Server::new(config).with_protocol(demo);
+        if let Some(authenticator) = self.security.authenticator().await? {
+            server = server.with_authenticator(authenticator);
+        }
+        if let Some(policy) = self.security.authorization()? {
+            server = server.with_authorization(policy);
+        }
         match self.store.storage {
             StorageKind::Local => {
                 let root = self

@@ -12,6 +12,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr()?;
+    if !args.security.auth_enabled() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            listen = %addr,
+            "no authentication configured (SPILLWAY_AUTH) on a non-loopback address: anyone who can reach this port can call every method"
+        );
+    }
     if let Some(store) = local {
         spawn_retention_sweep(store, Duration::from_secs(args.store.local_retention));
     }

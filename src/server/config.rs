@@ -40,6 +40,8 @@ pub struct ServerConfig {
     /// empty `VGI-Supported-Encodings` and never compresses; compressed requests are still
     /// decoded.
     pub response_compression: bool,
+    /// Origins allowed to call from a browser (`*` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +63,7 @@ impl Default for ServerConfig {
             },
             stream_token_ttl: Duration::from_secs(3600),
             response_compression: true,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -81,6 +84,7 @@ impl fmt::Debug for ServerConfig {
             .field("signing_secret", &"<redacted>")
             .field("stream_token_ttl", &self.stream_token_ttl)
             .field("response_compression", &self.response_compression)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }

@@ -18,9 +18,12 @@
 // and boxing it on these cold error paths would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod auth;
+pub mod authz;
 mod body;
 mod compress;
 mod config;
+pub mod cors;
 mod emit;
 mod invoke;
 pub mod ops;
@@ -65,6 +68,8 @@ pub struct Server {
     storage: Option<Arc<dyn Storage>>,
     storage_routes: Option<(String, Router)>,
     reflection: bool,
+    auth: Option<Arc<dyn auth::Authenticator>>,
+    authz: Option<Arc<authz::AuthzPolicy>>,
 }
 
 impl Server {
@@ -76,7 +81,23 @@ impl Server {
             storage: None,
             storage_routes: None,
             reflection: false,
+            auth: None,
+            authz: None,
         }
+    }
+
+    /// Requires every RPC request to be vouched for by `authenticator` (401 otherwise).
+    /// `OPTIONS`, `/health`, `/.well-known/*`, the operations endpoints and the storage routes
+    /// stay open: see [`auth`].
+    pub fn with_authenticator(mut self, authenticator: Arc<dyn auth::Authenticator>) -> Self {
+        self.auth = Some(authenticator);
+        self
+    }
+
+    /// Applies an authorization policy to every call (403 `PermissionError` when it denies).
+    pub fn with_authorization(mut self, policy: authz::AuthzPolicy) -> Self {
+        self.authz = Some(Arc::new(policy));
+        self
     }
 
     /// Also serves `vgi_rpc.Reflection.v1` (`list_protocols`, `describe`), which
@@ -165,7 +186,19 @@ impl Server {
             let r = reflection::protocol(&config.server_id, &primary_protocol, &hosted);
             protocols.insert(r.name().to_string(), Arc::new(r));
         }
+        if let Some(policy) = &self.authz {
+            for named in policy.named_protocols() {
+                if !protocols.contains_key(named) {
+                    tracing::warn!(
+                        protocol = named,
+                        "the authorization policy names a protocol this server does not host"
+                    );
+                }
+            }
+        }
         let state = Arc::new(AppState {
+            auth: self.auth,
+            authz: self.authz,
             tokens,
             readiness: Readiness::default(),
             protocols,
@@ -174,8 +207,9 @@ impl Server {
             externalizer,
             config,
         });
+        // Calls go through the authentication gate (a route layer: it runs only for these
+        // routes); health and the storage routes are added after it, outside.
         let mut rpc = Router::new()
-            .route("/health", get(health).head(health).options(health_options))
             .route(
                 "/{protocol}/{method}",
                 post(unary::unary).get(rpc_get).fallback(not_allowed),
@@ -190,6 +224,12 @@ impl Server {
             let route = format!("/{}/init", http::UPLOAD_METHOD);
             rpc = rpc.route(&route, post(upload::upload_url_init));
         }
+        let mut rpc = rpc
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::authenticate,
+            ))
+            .route("/health", get(health).head(health).options(health_options));
         if let Some((path, routes)) = self.storage_routes {
             rpc = rpc.nest_service(&path, routes);
         }
@@ -206,10 +246,26 @@ impl Server {
             Router::new().nest(&prefix, rpc).fallback(any(not_found))
         };
         let admin = ops::routes().with_state(state.clone());
-        let app = app.merge(admin.clone());
+        let mut app = app.merge(admin.clone());
+        if !state.config.cors_origins.is_empty() {
+            // Outermost: a preflight is answered before routing, authentication or stamping.
+            app = app
+                .layer(cors::layer(&state.config.cors_origins))
+                .layer(axum::middleware::map_response(resource_policy));
+        }
         // Bodies are capped by the handlers themselves (413 with the protocol's JSON body).
         (app.layer(axum::extract::DefaultBodyLimit::disable()), admin)
     }
+}
+
+/// `Cross-Origin-Resource-Policy: cross-origin` when CORS is on: without it a
+/// cross-origin-isolated page cannot read the responses, CORS or not.
+async fn resource_policy(mut resp: axum::response::Response) -> axum::response::Response {
+    resp.headers_mut().insert(
+        axum::http::HeaderName::from_static("cross-origin-resource-policy"),
+        axum::http::HeaderValue::from_static("cross-origin"),
+    );
+    resp
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use std::time::Instant;
 use spillway_storage::Storage;
 use tokio::sync::Mutex;
 
+use super::auth::Authenticator;
+use super::authz::AuthzPolicy;
 use super::config::ServerConfig;
 use super::protocol::Protocol;
 use super::tokens::TokenSigner;
@@ -21,6 +23,10 @@ pub(crate) struct AppState {
     pub(crate) externalizer: Option<Externalizer>,
     pub(crate) tokens: TokenSigner,
     pub(crate) readiness: Readiness,
+    /// Who may call: `None` = anyone (no authentication configured).
+    pub(crate) auth: Option<Arc<dyn Authenticator>>,
+    /// What they may call: `None` = everything.
+    pub(crate) authz: Option<Arc<AuthzPolicy>>,
 }
 
 /// The cached readiness verdict of `/readyz`.

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
+use super::auth::AuthContext;
 use super::emit::{emit_cycle, response_limit, response_too_large};
 use super::invoke::{conform_result, run_handler};
 use super::pointers::resolve_request_pointer;
@@ -114,6 +115,7 @@ pub(crate) async fn init_route(
     State(st): State<Arc<AppState>>,
     Path((protocol, method)): Path<(String, String)>,
     Extension(RequestId(rid)): Extension<RequestId>,
+    Extension(auth): Extension<Arc<AuthContext>>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -130,7 +132,7 @@ pub(crate) async fn init_route(
         return not_a_stream(&method, rid);
     };
     let sm = sm.clone();
-    let ctx = CallContext::new(call.protocol.name(), &method, call.metadata, rid);
+    let ctx = CallContext::new(call.protocol.name(), &method, call.metadata, rid, auth);
     let started = run_handler(&st, &method, (sm.init)(ctx.clone(), call.params)).await;
     let start = match started {
         Ok(s) => s,
@@ -349,6 +351,7 @@ pub(crate) async fn exchange_route(
     State(st): State<Arc<AppState>>,
     Path((protocol, method)): Path<(String, String)>,
     Extension(RequestId(rid)): Extension<RequestId>,
+    Extension(auth): Extension<Arc<AuthContext>>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -397,7 +400,7 @@ pub(crate) async fn exchange_route(
     let mut app_md = md.clone();
     app_md.remove(keys::STREAM_STATE);
     app_md.remove(keys::CALL_STATE);
-    let ctx = CallContext::for_turn(proto.name(), &method, app_md.clone(), rid);
+    let ctx = CallContext::for_turn(proto.name(), &method, app_md.clone(), rid, auth.clone());
     if md.contains_key(keys::CANCEL) {
         if let Some(cancel) = &sm.cancel {
             cancel(ctx.clone(), state).await;
@@ -452,7 +455,7 @@ pub(crate) async fn exchange_route(
         Ok(i) => i,
         Err(e) => return fail(Vec::new(), e),
     };
-    let ctx = CallContext::for_turn(proto.name(), &method, input_md.clone(), rid);
+    let ctx = CallContext::for_turn(proto.name(), &method, input_md.clone(), rid, auth);
     let turn = StreamTurn {
         state,
         input: Some(input),

@@ -9,6 +9,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 
+use super::auth::AuthContext;
 use super::emit::{emit_cycle, response_limit};
 use super::invoke::{conform_result, run_handler};
 use super::protocol::{CallContext, Method, UnaryMethod};
@@ -22,6 +23,7 @@ pub(crate) async fn unary(
     State(st): State<Arc<AppState>>,
     Path((protocol, method)): Path<(String, String)>,
     Extension(rid): Extension<RequestId>,
+    Extension(auth): Extension<Arc<AuthContext>>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -40,7 +42,7 @@ pub(crate) async fn unary(
             .into_response()
         }
     };
-    match invoke(&st, &method, &unary, call, &rid.0).await {
+    match invoke(&st, &method, &unary, call, &rid.0, auth).await {
         Ok(resp) => resp,
         Err(f) => f.into_response(&rid.0),
     }
@@ -61,9 +63,10 @@ async fn invoke(
     method: &UnaryMethod,
     call: CallRequest,
     request_id: &str,
+    auth: Arc<AuthContext>,
 ) -> Result<Response, Failure> {
     let protocol = call.protocol.name().to_string();
-    let ctx = CallContext::new(&protocol, method_name, call.metadata, request_id);
+    let ctx = CallContext::new(&protocol, method_name, call.metadata, request_id, auth);
     let result_schema: &SchemaRef = &method.result;
     let fail = |e: RpcError| Failure::Api(ApiError::server(e).on_schema(result_schema));
     let fut = (method.handler)(ctx.clone(), call.params);

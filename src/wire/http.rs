@@ -34,6 +34,12 @@ pub const VGI_ACCEPT_ENCODING: &str = "x-vgi-accept-encoding";
 pub const VGI_CONTENT_ENCODING: &str = "x-vgi-content-encoding";
 /// Request and response header: the request id, echoed (or generated) by the server.
 pub const REQUEST_ID: &str = "x-request-id";
+/// Response header of a 401: the reason code (`missing_credential`, `invalid_credential`,
+/// `expired_credential`, `insufficient_scope`, `unauthorized`), the same as the body's.
+pub const AUTH_REASON: &str = "vgi-auth-reason";
+/// The well-known path of the OAuth protected-resource metadata (RFC 9728), followed by the
+/// mount prefix: how vgi-rpc clients that log in through OAuth discover the issuer.
+pub const OAUTH_PROTECTED_RESOURCE: &str = "/.well-known/oauth-protected-resource";
 
 /// The reserved method (and path segment) that vends upload URLs: `{prefix}/__upload_url__/init`.
 pub const UPLOAD_METHOD: &str = "__upload_url__";

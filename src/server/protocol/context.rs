@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::server::auth::AuthContext;
 use crate::wire::{LogMessage, Metadata};
 
 /// A pre-published pointer: URL and optional sha256.
@@ -15,17 +16,25 @@ pub struct CallContext {
     method: Arc<str>,
     metadata: Arc<Metadata>,
     request_id: Arc<str>,
+    auth: Arc<AuthContext>,
     logs: Arc<Mutex<Vec<LogMessage>>>,
     pointer: Arc<Mutex<Option<PrePublished>>>,
 }
 
 impl CallContext {
-    pub(crate) fn new(protocol: &str, method: &str, metadata: Metadata, request_id: &str) -> Self {
+    pub(crate) fn new(
+        protocol: &str,
+        method: &str,
+        metadata: Metadata,
+        request_id: &str,
+        auth: Arc<AuthContext>,
+    ) -> Self {
         CallContext {
             protocol: protocol.into(),
             method: method.into(),
             metadata: Arc::new(metadata),
             request_id: request_id.into(),
+            auth,
             logs: Arc::default(),
             pointer: Arc::default(),
         }
@@ -57,6 +66,11 @@ impl CallContext {
     /// The request batch's metadata (dispatch keys included).
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
+    }
+
+    /// Who is calling ([`AuthContext::anonymous`] when no authentication is configured).
+    pub fn auth(&self) -> &AuthContext {
+        &self.auth
     }
 
     /// The request id (from `X-Request-ID` or generated).
@@ -110,7 +124,8 @@ impl CallContext {
         method: &str,
         metadata: Metadata,
         request_id: &str,
+        auth: Arc<AuthContext>,
     ) -> Self {
-        Self::new(protocol, method, metadata, request_id)
+        Self::new(protocol, method, metadata, request_id, auth)
     }
 }
