@@ -6,6 +6,7 @@
 
 mod common;
 
+mod auth;
 mod cli;
 mod e2e;
 mod fetch_cli;

@@ -82,6 +82,13 @@ pub struct Flags {
     /// always behaves as the reference does with 0.
     #[arg(long, value_name = "N")]
     pub call_state_cache_entries: Option<u64>,
+    /// Refuse every RPC request with 401 (health and OPTIONS stay open): the suite's auth
+    /// fixtures. The refusal reason is the one `X-Conformance-Auth-Reason` asks for.
+    #[arg(long)]
+    pub reject_all_auth: bool,
+    /// Origins allowed to call from a browser (CORS), comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
 }
 
 impl Flags {
@@ -152,6 +159,10 @@ impl Flags {
             // Without storage the worker resolves no request pointers at all, as the reference.
             request_pointer_fetcher: has_storage.then(|| self.fetcher()).transpose()?,
             response_compression: self.http_compression_level.as_deref() != Some("none"),
+            cors_origins: {
+                spillway::server::cors::validate_origins(&self.cors_origins)?;
+                self.cors_origins.clone()
+            },
             ..ServerConfig::default()
         })
     }

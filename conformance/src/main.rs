@@ -52,6 +52,9 @@ async fn run(flags: Flags) -> Result<()> {
     if let Some(storage) = storage {
         server = server.with_storage(storage);
     }
+    if flags.reject_all_auth {
+        server = server.with_authenticator(Arc::new(spillway_conformance::auth::RejectAll));
+    }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", flags.port)).await?;
     let port = listener.local_addr()?.port();
     // The runner reads this line to find the server; nothing else goes to stdout.

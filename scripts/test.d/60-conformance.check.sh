@@ -17,8 +17,8 @@
 # The harness is tests/conformance/conftest.py: it starts the worker once per fixture with the
 # fixture's flags and reads PORT:<n>. Deselected: the groups that need a byte-stream transport,
 # which an HTTP-only server does not have (TestExternalByteStream, TestAdversarialRawRequestContract),
-# and the tests whose fixtures the harness does not provide (auth, describe), which error against
-# the reference too.
+# and the describe group, whose fixture the harness does not provide (it errors against the
+# reference too).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -35,7 +35,6 @@ while [ "$#" -gt 0 ]; do
 done
 
 DESELECT="not TestExternalByteStream and not TestAdversarialRawRequestContract"
-DESELECT+=" and not TestUnauthorized and not test_health_does_not_require_auth"
 DESELECT+=" and not TestDescribeConformance"
 
 python="$(scripts/vgi-reference.sh python)"

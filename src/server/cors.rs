@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::extract::Request;
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower::ServiceExt;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer, ExposeHeaders};
 
 use crate::error::{Error, Result};
@@ -37,6 +41,13 @@ const EXPOSED: &[&str] = &[
     "retry-after",
 ];
 
+/// [`EXPOSED`] as one header value.
+const EXPOSED_LIST: &str = "vgi-accept-max-response-bytes-support, vgi-externalization-enabled, \
+vgi-upload-url-support, vgi-max-request-bytes, vgi-max-upload-bytes, vgi-max-response-bytes, \
+vgi-max-externalized-response-bytes, vgi-supported-encodings, x-vgi-rpc-error, \
+x-vgi-content-encoding, x-request-id, vgi-auth-reason, www-authenticate, content-encoding, \
+content-length, content-range, accept-ranges, etag, retry-after";
+
 /// Checks `SPILLWAY_CORS_ORIGINS`-style origins: `*`, or `scheme://host[:port]` each.
 pub fn validate_origins(origins: &[String]) -> Result<()> {
     for origin in origins {
@@ -58,6 +69,53 @@ pub fn validate_origins(origins: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Wraps `app` in CORS for `origins`. Only browser requests go through the CORS layer: a
+/// preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is answered there,
+/// and any other request with an `Origin` gets the allow/expose headers on its response. A
+/// plain `OPTIONS {prefix}/health` (capability discovery) reaches the route as before — the
+/// CORS layer alone would answer every `OPTIONS` as a preflight.
+pub(crate) fn wrap(app: Router, origins: &[String]) -> Router {
+    let cors_app = app.clone().layer(layer(origins));
+    // A service in front of both routers, not a middleware inside one: each router must do
+    // its own routing (path parameters) from scratch.
+    Router::new().fallback_service(tower::service_fn(move |req: Request| {
+        let (plain, cors) = (app.clone(), cors_app.clone());
+        async move { Ok::<_, std::convert::Infallible>(route_cors(plain, cors, req).await) }
+    }))
+}
+
+async fn route_cors(plain: Router, cors_app: Router, req: Request) -> Response {
+    let has_origin = req.headers().contains_key(header::ORIGIN);
+    let preflight = req.method() == Method::OPTIONS
+        && has_origin
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if !has_origin || (req.method() == Method::OPTIONS && !preflight) {
+        return match plain.oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+    }
+    let mut resp = match cors_app.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    if preflight {
+        // Browsers read the expose list from actual responses; the reference sends it on the
+        // preflight too, and clients that probe capabilities read it there.
+        resp.headers_mut().insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSED_LIST),
+        );
+    }
+    resp.headers_mut().insert(
+        HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("cross-origin"),
+    );
+    resp.into_response()
 }
 
 /// The CORS layer for `origins` (`*` allows any). Request headers are mirrored from the
@@ -88,6 +146,12 @@ pub(crate) fn layer(origins: &[String]) -> CorsLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_expose_list_is_the_exposed_headers() {
+        let listed: Vec<&str> = EXPOSED_LIST.split(", ").collect();
+        assert_eq!(listed, EXPOSED);
+    }
 
     #[test]
     fn origins_are_checked() {

@@ -249,23 +249,11 @@ impl Server {
         let mut app = app.merge(admin.clone());
         if !state.config.cors_origins.is_empty() {
             // Outermost: a preflight is answered before routing, authentication or stamping.
-            app = app
-                .layer(cors::layer(&state.config.cors_origins))
-                .layer(axum::middleware::map_response(resource_policy));
+            app = cors::wrap(app, &state.config.cors_origins);
         }
         // Bodies are capped by the handlers themselves (413 with the protocol's JSON body).
         (app.layer(axum::extract::DefaultBodyLimit::disable()), admin)
     }
-}
-
-/// `Cross-Origin-Resource-Policy: cross-origin` when CORS is on: without it a
-/// cross-origin-isolated page cannot read the responses, CORS or not.
-async fn resource_policy(mut resp: axum::response::Response) -> axum::response::Response {
-    resp.headers_mut().insert(
-        axum::http::HeaderName::from_static("cross-origin-resource-policy"),
-        axum::http::HeaderValue::from_static("cross-origin"),
-    );
-    resp
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 # of each fixture; scripts/test.d/60-conformance.check.sh points it at
 # target/debug/spillway-conformance. Spillway's additions, at the end of the file: the optional
 # fixtures the suite asks for with request.getfixturevalue (strict response cap, small request
-# cap, cold call-state cache, compression disabled, and the protocol connector the
+# cap, cold call-state cache, compression disabled, the reject-all auth worker, the CORS
+# worker, and the protocol connector the
 # multi-protocol and error-model groups use), which both servers get alike; and _connect, the
 # one connection helper of conformance_conn and the protocol connector.
 """Runner conftest: drive the shared vgi-rpc 0.52.2 conformance suite against a FOREIGN HTTP server.
@@ -206,3 +207,25 @@ def conformance_protocol_connector(
         return _connect(request, protocol, transport, on_log)
 
     return connect
+
+
+@pytest.fixture(scope="session")
+def conformance_http_auth_port() -> Iterator[int]:
+    """Every RPC request refused with 401; /health and OPTIONS stay open (TestHealth,
+    TestUnauthorized)."""
+    with _spawn(["--reject-all-auth"]) as port:
+        yield port
+
+
+@pytest.fixture(scope="session")
+def conformance_http_auth_reason_port(conformance_http_auth_port: int) -> int:
+    """The same worker: it refuses with the reason X-Conformance-Auth-Reason asks for."""
+    return conformance_http_auth_port
+
+
+@pytest.fixture(scope="session")
+def conformance_http_cors_port(conformance_fake_storage: str) -> Iterator[int]:
+    """CORS for the suite's origin, on a storage-enabled worker so that every optional
+    capability header is advertised (TestCors)."""
+    with _spawn(["--fake-storage", conformance_fake_storage, "--cors-origins", "https://conformance.example"]) as port:
+        yield port

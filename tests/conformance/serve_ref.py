@@ -1,7 +1,9 @@
 # Copied from the harness of the vgi-rpc 0.52.2 HTTP wire specification: the Python reference
 # conformance worker, with the same flags as spillway-conformance. conftest.py runs it when
 # VGI_SERVER_CMD is unset, to measure the reference under the same harness. Spillway's one
-# addition: --call-state-cache-entries (make_wsgi_app's call_state_cache_entries; 0 = cold).
+# additions: --call-state-cache-entries (make_wsgi_app's call_state_cache_entries; 0 = cold),
+# --reject-all-auth (an authenticate hook refusing every request, with the reason the
+# X-Conformance-Auth-Reason header asks for) and --cors-origins (make_wsgi_app's cors_origins).
 """Reference vgi-rpc 0.52.2 conformance HTTP server with optional external storage + capture.
 
 Stands in for the "foreign server" a Rust port would spawn from its conftest.
@@ -85,6 +87,8 @@ def main() -> None:
     p.add_argument("--http-compression-level", default="1", help="'none' disables response compression")
     p.add_argument("--call-state-cache-entries", type=int, default=4096)
     p.add_argument("--capture-dir", default=None)
+    p.add_argument("--reject-all-auth", action="store_true")
+    p.add_argument("--cors-origins", default=None)
     a = p.parse_args()
 
     ext = None
@@ -127,6 +131,18 @@ def main() -> None:
         extra_protocols=conformance_extra_protocols(),
     )
     lvl = None if a.http_compression_level == "none" else int(a.http_compression_level)
+    authenticate = None
+    if a.reject_all_auth:
+        from vgi_rpc.http import AuthFailure, AuthReason
+
+        requestable = {"missing_credential", "invalid_credential", "expired_credential", "insufficient_scope"}
+
+        def authenticate(req):
+            asked = req.get_header("X-Conformance-Auth-Reason")
+            if asked in requestable:
+                raise AuthFailure(AuthReason(asked))
+            raise ValueError("the conformance auth worker refuses every request")
+
     app = make_wsgi_app(
         server,
         prefix=a.prefix,
@@ -138,6 +154,8 @@ def main() -> None:
         max_response_bytes=a.max_response_bytes,
         compression_level=lvl,
         call_state_cache_entries=a.call_state_cache_entries,
+        authenticate=authenticate,
+        cors_origins=a.cors_origins.split(",") if a.cors_origins else None,
     )
     if a.capture_dir:
         app = Capture(app, a.capture_dir)
