@@ -82,9 +82,11 @@ def test_schema_is_strict():
 
 
 def server_settings() -> set[str]:
-    """SPILLWAY_* variables `spillway serve` reads: its settings (src/config.rs), the way it
-    runs (src/serve.rs) and the storage backends' settings."""
+    """SPILLWAY_* variables `spillway serve` reads: its settings (src/config.rs and
+    src/config/, e.g. the security settings), the way it runs (src/serve.rs) and the storage
+    backends' settings."""
     files = [REPO / "src" / "config.rs", REPO / "src" / "serve.rs"]
+    files += sorted((REPO / "src" / "config").rglob("*.rs"))
     for backend in ("local", "s3", "gcs"):
         files += sorted((REPO / "storage-backends" / backend / "src").rglob("*.rs"))
     names: set[str] = set()
@@ -120,7 +122,21 @@ def renders_of_everything() -> list[Rendered]:
             "demoMaxBlobBytes": 1,
             "logLevel": "debug",
         },
-        "signingSecret": {"existingSecret": "s"},
+        "signingSecret": {"existingSecret": "s", "previous": {"key": "p"}},
+        "auth": {
+            "mode": "bearer,jwt",
+            "bearer": {"existingSecret": "t"},
+            "jwt": {
+                "jwksUrl": "https://issuer.example/jwks",
+                "issuer": "https://issuer.example",
+                "audience": ["a"],
+                "principalClaim": "email",
+                "leeway": 5,
+            },
+        },
+        "authz": {"policy": 'default = "allow"'},
+        "tls": {"existingSecret": "tls", "clientCA": {"existingSecret": "ca"}},
+        "cors": {"origins": ["https://app.example"]},
         "storage": {
             "keyPrefix": "k/",
             "maxUploadBytes": 1,
@@ -180,8 +196,8 @@ def chart_env_names() -> set[str]:
 def test_everything_at_once_validates():
     for r in renders_of_everything():
         assert r.kinds() == sorted(
-            ["Deployment", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy", "Pod",
-             "PodDisruptionBudget", "Service", "ServiceAccount", "ServiceMonitor"]
+            ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy",
+             "Pod", "PodDisruptionBudget", "Service", "ServiceAccount", "ServiceMonitor"]
         )
         for doc in r.docs:
             validate_manifest(doc, PRESTOP_SLEEP_KUBE)
