@@ -215,3 +215,17 @@ def test_chart_can_set_every_server_setting():
 def test_chart_sets_only_variables_the_code_knows():
     unknown = {n for n in chart_env_names() if n.startswith("SPILLWAY_")} - every_env_name_in_the_code()
     assert sorted(unknown) == [], "the chart sets variables no code reads (a typo?)"
+
+
+def test_repository_readme_lists_every_setting():
+    """Every SPILLWAY_* variable a command reads (serve, call, storage init, the backends)
+    is in a configuration table of the repository README."""
+    readme = (REPO / "README.md").read_text()
+    names: set[str] = set()
+    for root in (REPO / "src", REPO / "storage-backends"):
+        for f in root.rglob("*.rs"):
+            names |= set(ENV_ATTR.findall(f.read_text()))
+    assert len(names) > 50, "no settings found: did the clap attributes change shape?"
+    rows = set(re.findall(r"^\| `(SPILLWAY_[A-Z0-9_]+)`", readme, re.M))
+    missing = sorted(names - rows)
+    assert missing == [], f"add these variables to a table in {REPO / 'README.md'}"

@@ -100,6 +100,7 @@ SCHEMA_VIOLATIONS: list[tuple[dict[str, Any], str]] = [
     ({"auth": {"mode": "jwt", "jwt": {**JWT_OK, "audience": ["a,b"]}}}, "/auth/jwt/audience/0"),
     ({"auth": {"mode": "jwt", "jwt": {**JWT_OK, "jwksUrl": "issuer.example/jwks"}}}, "/auth/jwt/jwksUrl"),
     ({"auth": {"mode": "jwt", "jwt": {**JWT_OK, "leeway": -1}}}, "/auth/jwt/leeway"),
+    ({"auth": {"mode": "jwt", "jwt": {**JWT_OK, "leeway": 601}}}, "/auth/jwt/leeway"),
     ({"auth": {"bearer": {"existingSecret": "t", "key": "../tokens"}}}, "/auth/bearer/key"),
     ({"tls": {"clientCA": {"existingSecret": "ca"}}}, "/tls/existingSecret"),
     ({"tls": {"clientCA": {"existingConfigMap": "ca"}}}, "/tls/existingSecret"),
