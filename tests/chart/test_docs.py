@@ -82,9 +82,11 @@ def test_schema_is_strict():
 
 
 def server_settings() -> set[str]:
-    """SPILLWAY_* variables `spillway serve` reads: its settings (src/config.rs), the way it
-    runs (src/serve.rs) and the storage backends' settings."""
+    """SPILLWAY_* variables `spillway serve` reads: its settings (src/config.rs and
+    src/config/, e.g. the security settings), the way it runs (src/serve.rs) and the storage
+    backends' settings."""
     files = [REPO / "src" / "config.rs", REPO / "src" / "serve.rs"]
+    files += sorted((REPO / "src" / "config").rglob("*.rs"))
     for backend in ("local", "s3", "gcs"):
         files += sorted((REPO / "storage-backends" / backend / "src").rglob("*.rs"))
     names: set[str] = set()
@@ -120,7 +122,21 @@ def renders_of_everything() -> list[Rendered]:
             "demoMaxBlobBytes": 1,
             "logLevel": "debug",
         },
-        "signingSecret": {"existingSecret": "s"},
+        "signingSecret": {"existingSecret": "s", "previous": {"key": "p"}},
+        "auth": {
+            "mode": "bearer,jwt",
+            "bearer": {"existingSecret": "t"},
+            "jwt": {
+                "jwksUrl": "https://issuer.example/jwks",
+                "issuer": "https://issuer.example",
+                "audience": ["a"],
+                "principalClaim": "email",
+                "leeway": 5,
+            },
+        },
+        "authz": {"policy": 'default = "allow"'},
+        "tls": {"existingSecret": "tls", "clientCA": {"existingSecret": "ca"}},
+        "cors": {"origins": ["https://app.example"]},
         "storage": {
             "keyPrefix": "k/",
             "maxUploadBytes": 1,
@@ -180,8 +196,8 @@ def chart_env_names() -> set[str]:
 def test_everything_at_once_validates():
     for r in renders_of_everything():
         assert r.kinds() == sorted(
-            ["Deployment", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy", "Pod",
-             "PodDisruptionBudget", "Service", "ServiceAccount", "ServiceMonitor"]
+            ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy",
+             "Pod", "PodDisruptionBudget", "Service", "ServiceAccount", "ServiceMonitor"]
         )
         for doc in r.docs:
             validate_manifest(doc, PRESTOP_SLEEP_KUBE)
@@ -199,3 +215,17 @@ def test_chart_can_set_every_server_setting():
 def test_chart_sets_only_variables_the_code_knows():
     unknown = {n for n in chart_env_names() if n.startswith("SPILLWAY_")} - every_env_name_in_the_code()
     assert sorted(unknown) == [], "the chart sets variables no code reads (a typo?)"
+
+
+def test_repository_readme_lists_every_setting():
+    """Every SPILLWAY_* variable a command reads (serve, call, storage init, the backends)
+    is in a configuration table of the repository README."""
+    readme = (REPO / "README.md").read_text()
+    names: set[str] = set()
+    for root in (REPO / "src", REPO / "storage-backends"):
+        for f in root.rglob("*.rs"):
+            names |= set(ENV_ATTR.findall(f.read_text()))
+    assert len(names) > 50, "no settings found: did the clap attributes change shape?"
+    rows = set(re.findall(r"^\| `(SPILLWAY_[A-Z0-9_]+)`", readme, re.M))
+    missing = sorted(names - rows)
+    assert missing == [], f"add these variables to a table in {REPO / 'README.md'}"

@@ -11,6 +11,7 @@ import pytest
 from conftest import CHART, render, render_error
 
 SIGNING = {"signingSecret": {"existingSecret": "spillway-signing"}}
+JWT_OK = {"jwksUrl": "https://issuer.example/jwks", "issuer": "https://issuer.example", "audience": ["spillway"]}
 
 
 def test_local_store_with_two_replicas_needs_a_shared_claim():
@@ -89,6 +90,35 @@ SCHEMA_VIOLATIONS: list[tuple[dict[str, Any], str]] = [
     ({"podDisruptionBudget": {"minAvailable": "half"}}, "/podDisruptionBudget/minAvailable"),
     ({"serviceMonitor": {"interval": "30 seconds"}}, "/serviceMonitor/interval"),
     ({"image": {"digest": "latest"}}, "/image/digest"),
+    # Security modes: each needs what it names, and only known modes exist.
+    ({"auth": {"mode": "basic"}}, "/auth/mode"),
+    ({"auth": {"mode": "bearer"}}, "/auth/bearer/existingSecret"),
+    ({"auth": {"mode": "bearer,jwt", "jwt": JWT_OK}}, "/auth/bearer/existingSecret"),
+    ({"auth": {"mode": "jwt"}}, "/auth/jwt/jwksUrl"),
+    ({"auth": {"mode": "jwt", "jwt": {**JWT_OK, "issuer": ""}}}, "/auth/jwt/issuer"),
+    ({"auth": {"mode": "jwt", "jwt": {**JWT_OK, "audience": []}}}, "/auth/jwt/audience"),
+    ({"auth": {"mode": "jwt", "jwt": {**JWT_OK, "audience": ["a,b"]}}}, "/auth/jwt/audience/0"),
+    ({"auth": {"mode": "jwt", "jwt": {**JWT_OK, "jwksUrl": "issuer.example/jwks"}}}, "/auth/jwt/jwksUrl"),
+    ({"auth": {"mode": "jwt", "jwt": {**JWT_OK, "leeway": -1}}}, "/auth/jwt/leeway"),
+    ({"auth": {"mode": "jwt", "jwt": {**JWT_OK, "leeway": 601}}}, "/auth/jwt/leeway"),
+    ({"auth": {"bearer": {"existingSecret": "t", "key": "../tokens"}}}, "/auth/bearer/key"),
+    ({"tls": {"clientCA": {"existingSecret": "ca"}}}, "/tls/existingSecret"),
+    ({"tls": {"clientCA": {"existingConfigMap": "ca"}}}, "/tls/existingSecret"),
+    (
+        {"tls": {"existingSecret": "t", "clientCA": {"existingSecret": "a", "existingConfigMap": "b"}}},
+        "/tls/clientCA/existingConfigMap",
+    ),
+    ({"authz": {"policy": 'default = "deny"'}}, "/auth/mode"),  # nobody to authorize
+    ({"authz": {"existingConfigMap": "policy"}}, "/tls/clientCA"),
+    (
+        {"authz": {"policy": "x", "existingConfigMap": "y"}, "auth": {"mode": "bearer", "bearer": {"existingSecret": "t"}}},
+        "/authz/existingConfigMap",
+    ),
+    ({"signingSecret": {"previous": {"key": "old"}}}, "/signingSecret/existingSecret"),
+    ({"cors": {"origins": ["app.example.com"]}}, "/cors/origins/0"),
+    ({"cors": {"origins": ["https://app.example.com/"]}}, "/cors/origins/0"),
+    ({"cors": {"origins": "https://app.example.com"}}, "/cors/origins"),
+    ({"tests": {"token": {"existingSecret": "a"}, "serviceAccountTokenAudience": "b"}}, "/tests/serviceAccountTokenAudience"),
 ]
 
 

@@ -35,6 +35,9 @@ def test_ci_values_files_exist():
         "gcs-key-file-values.yaml",
         "minio-values.yaml",
         "hpa-pdb-netpol-values.yaml",
+        "bearer-authz-values.yaml",
+        "jwt-serviceaccount-values.yaml",
+        "oidc-tls-values.yaml",
     ):
         assert expected in names
 

@@ -67,9 +67,58 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%d" $host (int .port) }}
 {{- end }}
 
+{{/* Whether the server serves HTTPS itself (tls.existingSecret). */}}
+{{- define "spillway.tls" -}}
+{{- if .Values.tls.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* "https" when the server serves TLS, else "http". */}}
+{{- define "spillway.scheme" -}}
+{{- if include "spillway.tls" . }}https{{ else }}http{{ end }}
+{{- end }}
+
+{{/*
+Scheme of /livez, /readyz and /metrics. TLS covers the RPC listener only: the admin listener
+(admin.enabled) stays plain HTTP for the kubelet and Prometheus; with admin.enabled=false the
+endpoints are on the RPC port and so HTTPS when TLS is on.
+*/}}
+{{- define "spillway.adminScheme" -}}
+{{- if .Values.admin.enabled }}http{{ else }}{{ include "spillway.scheme" . }}{{ end }}
+{{- end }}
+
+{{/* The authentication schemes of auth.mode, as a list ("none": empty). */}}
+{{- define "spillway.authModes" -}}
+{{- if ne .Values.auth.mode "none" }}{{ .Values.auth.mode }}{{ end }}
+{{- end }}
+
+{{/* Whether auth.mode includes NAME. Call as (list . NAME). */}}
+{{- define "spillway.authHas" -}}
+{{- $root := index . 0 }}
+{{- if has (index . 1) (splitList "," (include "spillway.authModes" $root)) }}true{{ end }}
+{{- end }}
+
+{{/* Whether callers can be told apart: an authentication scheme or client certificates. */}}
+{{- define "spillway.authenticated" -}}
+{{- if or (include "spillway.authModes" .) (include "spillway.clientCA" .) }}true{{ end }}
+{{- end }}
+
+{{/* Whether client certificates are asked for (tls.clientCA from a Secret or ConfigMap). */}}
+{{- define "spillway.clientCA" -}}
+{{- if or .Values.tls.clientCA.existingSecret .Values.tls.clientCA.existingConfigMap }}true{{ end }}
+{{- end }}
+
+{{/* Name of the ConfigMap holding the authorization policy ("": none). */}}
+{{- define "spillway.authzConfigMap" -}}
+{{- if .Values.authz.existingConfigMap }}
+{{- .Values.authz.existingConfigMap }}
+{{- else if .Values.authz.policy }}
+{{- printf "%s-authz" (include "spillway.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
 {{/* The in-cluster URL of the Service's RPC port. */}}
 {{- define "spillway.serviceUrl" -}}
-{{- printf "http://%s.%s.svc.%s:%d" (include "spillway.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.service.port) }}
+{{- printf "%s://%s.%s.svc.%s:%d" (include "spillway.scheme" .) (include "spillway.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.service.port) }}
 {{- end }}
 
 {{/*
