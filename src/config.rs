@@ -178,6 +178,10 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "SPILLWAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Serve `vgi_rpc.Reflection.v1` (`vgi-rpc describe`, capability listing); behind the
+    /// same authentication and authorization as every protocol.
+    #[arg(long, env = "SPILLWAY_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reflection: bool,
     /// Authentication, authorization, TLS, CORS.
     #[command(flatten)]
     pub security: SecurityArgs,
@@ -211,6 +215,7 @@ impl fmt::Debug for ServeArgs {
             method_timeout,
             demo_max_blob_bytes,
             log_format,
+            reflection,
             security,
         } = self;
         f.debug_struct("ServeArgs")
@@ -239,6 +244,7 @@ impl fmt::Debug for ServeArgs {
             .field("method_timeout", method_timeout)
             .field("demo_max_blob_bytes", demo_max_blob_bytes)
             .field("log_format", log_format)
+            .field("reflection", reflection)
             .field("security", security)
             .finish()
     }
@@ -327,7 +333,9 @@ impl ServeArgs {
         let secret = config.signing_secret.clone();
         let prefix = config.prefix.clone();
         let demo = crate::demo::protocol_with_limit(self.demo_max_blob_bytes)?;
-        let mut server = Server::new(config).with_protocol(demo);
+        let mut server = Server::new(config)
+            .with_protocol(demo)
+            .with_reflection(self.reflection);
         if let Some(authenticator) = self.security.authenticator().await? {
             server = server.with_authenticator(authenticator);
         }

@@ -24,6 +24,10 @@ principals = ["alice"]
 protocol = "spillway.Demo.v1"
 methods = ["echo"]
 principals = ["bob"]
+
+[[rule]]
+protocol = "vgi_rpc.Reflection.v1"
+principals = ["alice"]
 "#;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -162,7 +166,7 @@ async fn health_discovery_operations_and_storage_need_no_token() {
         .unwrap();
     assert_eq!(options.status(), StatusCode::OK);
     assert!(options.headers().contains_key("vgi-upload-url-support"));
-    for op in ["livez", "readyz", "metrics"] {
+    for op in ["livez", "readyz"] {
         let r = http
             .get(format!("{}/{op}", s.origin()))
             .send()
@@ -170,6 +174,22 @@ async fn health_discovery_operations_and_storage_need_no_token() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{op}");
     }
+    // The metrics on the main port need a credential (on the admin port they do not).
+    let metrics = |token: Option<&str>| {
+        let mut r = http.get(format!("{}/metrics", s.origin()));
+        if let Some(t) = token {
+            r = r.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        r.send()
+    };
+    assert_eq!(metrics(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let scraped = metrics(Some(ALICE)).await.unwrap();
+    assert_eq!(scraped.status(), StatusCode::OK);
+    assert!(scraped
+        .text()
+        .await
+        .unwrap()
+        .contains("spillway_auth_failures_total"));
     // An externalized result: its object URL is signed, and a client that sends its RPC
     // credential (or any other) on every request is served all the same.
     let resp = call(&s, "blob", blob_body(64 * 1024), Some(ALICE)).await;
@@ -237,6 +257,24 @@ async fn the_policy_allows_by_principal_and_denies_the_rest() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    // Reflection (on by default) is a protocol like any other: alice may list, bob may not.
+    let list = |token: &str| {
+        let mut md = spillway::wire::Metadata::new();
+        md.insert(keys::METHOD.into(), "list_protocols".into());
+        md.insert(keys::REQUEST_VERSION.into(), "1".into());
+        reqwest::Client::new()
+            .post(format!("{}/vgi_rpc.Reflection.v1/list_protocols", s.base))
+            .header("content-type", ARROW_STREAM_CONTENT_TYPE)
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .body(request_body(
+                &spillway::server::empty_schema(),
+                crate::common::no_params(),
+                md,
+            ))
+            .send()
+    };
+    assert_eq!(list(ALICE).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(list(BOB).await.unwrap().status(), StatusCode::FORBIDDEN);
     // Carol is in no rule, so she may not stage inputs either; alice may.
     let upload = |token: &str| {
         reqwest::Client::new()
@@ -390,4 +428,30 @@ async fn security_settings_that_cannot_work_are_refused_at_startup() {
         assert!(err.contains(want), "{flags:?}: {err}");
         assert!(!err.contains("short alice"), "{err}");
     }
+}
+
+#[test]
+fn the_binary_keeps_the_admin_port_open_and_gates_the_main_ports_metrics() {
+    use crate::common::{free_port, status_of, ServedBinary};
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = write(dir.path(), "tokens", &format!("{ALICE} alice\n"));
+    let admin = free_port();
+    let admin_listen = format!("127.0.0.1:{admin}");
+    let served = ServedBinary::start(&[
+        ("SPILLWAY_AUTH", "bearer"),
+        ("SPILLWAY_AUTH_TOKENS_FILE", tokens.to_str().unwrap()),
+        ("SPILLWAY_ADMIN_LISTEN", &admin_listen),
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        for path in ["livez", "readyz", "metrics"] {
+            let url = format!("http://{admin_listen}/{path}");
+            assert_eq!(status_of(http.get(url)).await, StatusCode::OK, "{path}");
+        }
+        let main = format!("{}/metrics", served.url);
+        assert_eq!(status_of(http.get(&main)).await, StatusCode::UNAUTHORIZED);
+        let authed = http.get(&main).header(AUTHORIZATION, format!("Bearer {ALICE}"));
+        assert_eq!(status_of(authed).await, StatusCode::OK);
+    });
 }

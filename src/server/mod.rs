@@ -246,7 +246,16 @@ impl Server {
             Router::new().nest(&prefix, rpc).fallback(any(not_found))
         };
         let admin = ops::routes().with_state(state.clone());
-        let mut app = app.merge(admin.clone());
+        // On the main port, the metrics (method names, rates) need a credential when
+        // authentication is configured; on the admin port, as the probes everywhere, they do not.
+        let mut metrics = ops::metrics();
+        if state.auth.is_some() {
+            metrics = metrics.route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::authenticate,
+            ));
+        }
+        let mut app = app.merge(ops::probes().merge(metrics).with_state(state.clone()));
         if !state.config.cors_origins.is_empty() {
             // Outermost: a preflight is answered before routing, authentication or stamping.
             app = cors::wrap(app, &state.config.cors_origins);

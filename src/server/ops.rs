@@ -41,11 +41,21 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// All three endpoints, open (the admin port).
 pub(crate) fn routes() -> Router<Arc<AppState>> {
+    probes().merge(metrics())
+}
+
+/// `/livez` and `/readyz`: open on every port (kubelet probes carry no credential).
+pub(crate) fn probes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
+}
+
+/// `/metrics` alone, so the main port can put it behind authentication.
+pub(crate) fn metrics() -> Router<Arc<AppState>> {
+    Router::new().route("/metrics", get(render_metrics))
 }
 
 async fn livez() -> Response {

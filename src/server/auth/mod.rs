@@ -8,8 +8,8 @@
 //! a coarse reason code, never the verifier's diagnosis.
 //!
 //! Exempt from authentication, as in the reference: every `OPTIONS` request, `{prefix}/health`,
-//! `/.well-known/*`, the operations endpoints and the storage routes (their signature is the
-//! credential).
+//! `/.well-known/*`, `/livez` and `/readyz`, `/metrics` on the admin port (on the main port it
+//! needs a credential), and the storage routes (their signature is the credential).
 //!
 //! ```
 //! use spillway::server::auth::{AuthContext, AuthFailure, AuthReason, Authenticator};
