@@ -120,6 +120,7 @@ def renders_of_everything() -> list[Rendered]:
             "methodTimeout": 1,
             "streamTokenTtl": 1,
             "demoMaxBlobBytes": 1,
+            "reflection": False,
             "logLevel": "debug",
         },
         "signingSecret": {"existingSecret": "s", "previous": {"key": "p"}},

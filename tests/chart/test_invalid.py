@@ -54,6 +54,20 @@ def test_termination_grace_must_exceed_shutdown_grace():
     ] == 26
 
 
+def test_authenticated_metrics_are_scraped_from_the_admin_port():
+    values = {
+        "auth": {"mode": "bearer", "bearer": {"existingSecret": "tokens"}},
+        "serviceMonitor": {"enabled": True},
+    }
+    message = render_error({**values, "admin": {"enabled": False}})
+    assert "needs serviceMonitor.authorization" in message
+    render(values)  # the admin port (the default) serves them without a credential
+    token = {"type": "Bearer", "credentials": {"name": "scrape-token", "key": "token"}}
+    r = render({**values, "admin": {"enabled": False},
+                "serviceMonitor": {"enabled": True, "authorization": token}})
+    assert r.one("ServiceMonitor")["spec"]["endpoints"][0]["authorization"] == token
+
+
 def test_other_combinations():
     assert "admin.port must differ" in render_error({"admin": {"port": 8080}})
     assert "minReplicas must not exceed" in render_error(

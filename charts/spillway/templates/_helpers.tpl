@@ -173,6 +173,9 @@ Combinations the schema cannot express. Rendering fails with a message saying wh
 {{- if le (int (include "spillway.terminationGracePeriodSeconds" .)) $floor }}
 {{- fail (printf "terminationGracePeriodSeconds (%s) must exceed server.shutdownGrace + preStopSleepSeconds (%d), or in-flight calls are killed" (include "spillway.terminationGracePeriodSeconds" .) $floor) }}
 {{- end }}
+{{- if and .Values.serviceMonitor.enabled (not .Values.admin.enabled) (ne (toString .Values.auth.mode) "none") (not .Values.serviceMonitor.authorization) }}
+{{- fail "serviceMonitor with auth.mode set and admin.enabled=false needs serviceMonitor.authorization (a token Prometheus sends): with authentication, /metrics on the RPC port needs a credential. Or keep admin.enabled, whose port serves it without one" }}
+{{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (kindIs "invalid" .Values.podDisruptionBudget.minAvailable) (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable) }}
 {{- fail "podDisruptionBudget: set minAvailable or maxUnavailable" }}
 {{- end }}
