@@ -7,6 +7,7 @@
 mod common;
 
 mod cli;
+mod client_auth;
 mod e2e;
 mod fetch_cli;
 mod fetch_faults;
