@@ -5,7 +5,7 @@
 //! no token in any log line of either process.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use spillway::client::{BearerToken, CallRequest, Client, ClientConfig, FileToken};
@@ -211,30 +211,6 @@ async fn a_token_file_is_reread_when_it_rotates() {
     }
     rotate(&file, ALICE);
     blob(&client, 10).await;
-}
-
-/// `spillway call` with `args` and `env` only (nothing inherited but `PATH`).
-fn call(url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("call")
-        .arg("--url")
-        .arg(url)
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("NO_COLOR", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn bearer_binary(dir: &Path, rust_log: &str) -> LoggedServe {

@@ -170,3 +170,29 @@ pub(crate) fn call(url: &str, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// `spillway call --url URL ARGS...` with `env` only (nothing inherited but `PATH`: no
+/// `SPILLWAY_*`, no proxy variables), run to completion.
+pub(crate) fn call_clean(url: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("call")
+        .arg("--url")
+        .arg(url)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// A finished process's stdout and stderr, as text.
+pub(crate) fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
