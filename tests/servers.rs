@@ -13,6 +13,7 @@ mod client_proxy;
 mod client_reference;
 mod fetch_faults_s3;
 mod gcs_e2e;
+mod python_auth;
 mod python_interop;
 mod s3_bench;
 mod s3_roundtrip;
