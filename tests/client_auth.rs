@@ -11,7 +11,10 @@ use std::sync::Arc;
 use spillway::client::{BearerToken, CallRequest, Client, ClientConfig, FileToken};
 use spillway::{demo, AuthRejection, Error};
 
-use crate::common::{blob, echo, size_params, LoggedServe, Recorded, SeenRequest, TestServer, BIN};
+use crate::common::{
+    blob, call_clean as call, echo, output_text as text, size_params, LoggedServe, Recorded,
+    SeenRequest, TestServer,
+};
 
 const ALICE: &str = "alice-token-0123456789abcdef";
 const BOB: &str = "bob-token-ghijklmnopqrstuv";
