@@ -11,9 +11,10 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema};
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{CallRequest, Client, ClientConfig};
+use crate::client::{BearerToken, CallRequest, Client, ClientConfig, ClientIdentity, FileToken};
 use crate::config::{LogFormat, ServeArgs, StorageArgs, StorageKind};
 use crate::error::{Error, Result};
+use crate::fetch::CaBundle;
 use crate::url_policy::UrlPolicy;
 use spillway_storage::InitOptions;
 
@@ -102,9 +103,78 @@ pub struct CallArgs {
     /// Seconds allowed for the call.
     #[arg(long, env = "SPILLWAY_CALL_TIMEOUT", default_value_t = 600)]
     pub timeout: u64,
+    /// Bearer token sent as `Authorization: Bearer ...` on the RPC requests (never to storage
+    /// URLs). Prefer `SPILLWAY_TOKEN_FILE`: a flag shows in the process list.
+    #[arg(
+        long,
+        env = "SPILLWAY_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<SecretArg>,
+    /// File holding the bearer token, re-read when it changes (e.g. a projected Kubernetes
+    /// service-account token).
+    #[arg(long, env = "SPILLWAY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA bundles trusted for https next to the platform's roots (a private CA), for the
+    /// RPC requests and pointer downloads; comma-separated or repeated.
+    #[arg(long, env = "SPILLWAY_CA_CERT", value_delimiter = ',')]
+    pub ca_cert: Vec<PathBuf>,
+    /// PEM client certificate chain presented to servers that ask for one (mTLS).
+    #[arg(long, env = "SPILLWAY_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `--client-cert`.
+    #[arg(long, env = "SPILLWAY_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// Tuning of the pointer fetch engine (`--fetch-*`, `SPILLWAY_FETCH_*`).
     #[command(flatten)]
     pub fetch: crate::fetch::FetchArgs,
+}
+
+/// A secret command-line value (`--token`): its `Debug` prints `<redacted>`, and parsing it
+/// never fails, so clap's errors can never quote it (it is checked later, without echoing).
+#[derive(Clone)]
+pub struct SecretArg(String);
+
+impl SecretArg {
+    /// The value itself. Never log or format it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for SecretArg {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(SecretArg(s.to_string()))
+    }
+}
+
+impl CallArgs {
+    /// The credential and TLS settings of the call, applied to `config`.
+    pub fn apply_security(&self, config: &mut ClientConfig) -> Result<()> {
+        if let Some(token) = &self.token {
+            let token = BearerToken::new(token.expose())
+                .map_err(|e| Error::Config(format!("--token / SPILLWAY_TOKEN: {e}")))?;
+            config.token = Some(Arc::new(token));
+        }
+        if let Some(path) = &self.token_file {
+            config.token = Some(Arc::new(FileToken::new(path)));
+        }
+        if !self.ca_cert.is_empty() {
+            config.ca = CaBundle::from_files(&self.ca_cert)?;
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            config.identity = Some(ClientIdentity::from_files(cert, key)?);
+        }
+        Ok(())
+    }
 }
 
 /// Runs the command line; every failure is returned as one [`Error`].
@@ -268,6 +338,7 @@ async fn call(args: CallArgs) -> Result<()> {
     config.fetch.max_fetch_bytes = args.max_fetch_bytes;
     config.fetch.max_decompressed_bytes = args.max_fetch_bytes.saturating_mul(4);
     args.fetch.apply(&mut config.fetch);
+    args.apply_security(&mut config)?;
     // Created on the first progress report of a large object; drawn only on a terminal.
     let bar = Arc::new(std::sync::OnceLock::<indicatif::ProgressBar>::new());
     let progress_bar = bar.clone();

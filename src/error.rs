@@ -81,6 +81,22 @@ pub enum Error {
         /// The redacted URL.
         url: String,
     },
+    /// The server refused the caller's credentials (HTTP 401, the vgi-rpc standard 401: the
+    /// `{"error":"unauthorized","reason":..,"detail":..}` envelope and `VGI-Auth-Reason`).
+    /// The credential itself never appears here.
+    #[error("unauthorized ({reason}): {detail} (HTTP 401 from {url})")]
+    Unauthorized {
+        /// The server's reason code.
+        reason: AuthRejection,
+        /// The server's human-readable detail (bounded; never the credential).
+        detail: String,
+        /// The redacted URL.
+        url: String,
+    },
+    /// The client could not produce its credential (a token file missing, empty or
+    /// unreadable, a custom token provider failing). Never holds the credential.
+    #[error("credential unavailable: {0}")]
+    Credential(String),
     /// The object store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -142,6 +158,59 @@ impl FetchFailure {
 }
 
 impl std::fmt::Display for FetchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The reason code of a 401 ([`Error::Unauthorized`]): the closed set of the vgi-rpc
+/// standard 401 (`docs/unauthorized-spec.md` of the reference). Coarse on purpose: it names the
+/// stage that refused the request, never why a token was wrong. A client refreshes its token
+/// on [`AuthRejection::ExpiredCredential`] and gives up on
+/// [`AuthRejection::InsufficientScope`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthRejection {
+    /// No credential was presented.
+    MissingCredential,
+    /// A credential was presented and refused.
+    InvalidCredential,
+    /// A well-formed credential outside its validity window.
+    ExpiredCredential,
+    /// The caller was identified but is not permitted.
+    InsufficientScope,
+    /// The request did not come through the proxy the server requires.
+    ProxyRequired,
+    /// Refused, unclassified (also any code outside the set, as the reference client maps it).
+    Unauthorized,
+}
+
+impl AuthRejection {
+    /// The wire code, e.g. `expired_credential`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuthRejection::MissingCredential => "missing_credential",
+            AuthRejection::InvalidCredential => "invalid_credential",
+            AuthRejection::ExpiredCredential => "expired_credential",
+            AuthRejection::InsufficientScope => "insufficient_scope",
+            AuthRejection::ProxyRequired => "proxy_required",
+            AuthRejection::Unauthorized => "unauthorized",
+        }
+    }
+
+    /// The reason a wire code names; unknown codes are [`AuthRejection::Unauthorized`].
+    pub fn from_code(code: &str) -> Self {
+        match code.trim() {
+            "missing_credential" => AuthRejection::MissingCredential,
+            "invalid_credential" => AuthRejection::InvalidCredential,
+            "expired_credential" => AuthRejection::ExpiredCredential,
+            "insufficient_scope" => AuthRejection::InsufficientScope,
+            "proxy_required" => AuthRejection::ProxyRequired,
+            _ => AuthRejection::Unauthorized,
+        }
+    }
+}
+
+impl std::fmt::Display for AuthRejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }

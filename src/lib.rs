@@ -37,7 +37,7 @@ pub mod server;
 pub mod url_policy;
 pub mod wire;
 
-pub use error::{Error, Result};
+pub use error::{AuthRejection, Error, Result};
 
 #[cfg(test)]
 mod readme_tests {

@@ -8,6 +8,7 @@ mod common;
 
 mod auth;
 mod cli;
+mod client_auth;
 mod e2e;
 mod fetch_cli;
 mod fetch_faults;

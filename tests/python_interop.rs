@@ -29,7 +29,7 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Attempts at starting the server (a free port may be taken before the server binds it).
 const START_ATTEMPTS: usize = 5;
 
-fn read_to_string_lossy(path: &Path) -> String {
+pub(crate) fn read_to_string_lossy(path: &Path) -> String {
     let mut bytes = Vec::new();
     if let Ok(mut f) = File::open(path) {
         let _ = f.read_to_end(&mut bytes);
@@ -148,7 +148,11 @@ impl Drop for Server {
 }
 
 /// Runs a command to completion with a deadline, output to `out` (stdout and stderr together).
-fn run_with_deadline(mut cmd: Command, out: &Path, timeout: Duration) -> Option<ExitStatus> {
+pub(crate) fn run_with_deadline(
+    mut cmd: Command,
+    out: &Path,
+    timeout: Duration,
+) -> Option<ExitStatus> {
     let file = File::create(out).expect("create the script output file");
     let mut child = cmd
         .stdin(Stdio::null())

@@ -2,11 +2,14 @@
 //! [`ClientConfig`], the capability headers and [`Capabilities`].
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::fetch::{FetchConfig, ProgressFn};
+use super::auth::{BearerToken, TokenProvider};
+use super::transport::{ClientIdentity, ClientProxy};
+use crate::fetch::{CaBundle, FetchConfig, ProgressFn};
 use crate::wire::http as wire_http;
 
 // The client's public names for the shared header vocabulary (lowercase, as the server sends
@@ -60,6 +63,35 @@ pub struct ClientConfig {
     /// Send requests above the server's `max_request_bytes` (pre-flight) or refused with 413
     /// through the upload-URL flow. Default `true`.
     pub upload_large_requests: bool,
+    /// The bearer token sent as `Authorization: Bearer ...` on every RPC request (capability
+    /// probe, unary calls, stream `/init` and `/exchange`, `__upload_url__/init`), asked for
+    /// anew per request: a [`BearerToken`], a [`FileToken`](super::FileToken) or a provider
+    /// of your own. Never sent to storage URLs (pointer downloads, uploads to vended URLs).
+    /// Default none.
+    pub token: Option<Arc<dyn TokenProvider>>,
+    /// Certificate authorities trusted next to the platform's roots, for RPC requests, uploads
+    /// and pointer downloads (merged into `fetch.ca`): the private CA of an https server.
+    /// Default none.
+    pub ca: CaBundle,
+    /// The TLS client certificate presented on RPC requests (mTLS). Pointer downloads and
+    /// uploads do not present it. Default none.
+    pub identity: Option<ClientIdentity>,
+    /// The forward proxy of RPC requests. Default: from `HTTP(S)_PROXY`/`NO_PROXY`.
+    pub proxy: ClientProxy,
+}
+
+impl ClientConfig {
+    /// This config with a fixed bearer token.
+    pub fn with_token(mut self, token: BearerToken) -> Self {
+        self.token = Some(Arc::new(token));
+        self
+    }
+
+    /// This config with a token provider.
+    pub fn with_token_provider(mut self, provider: Arc<dyn TokenProvider>) -> Self {
+        self.token = Some(provider);
+        self
+    }
 }
 
 impl Default for ClientConfig {
@@ -73,21 +105,44 @@ impl Default for ClientConfig {
             timeout: Duration::from_secs(300),
             progress: None,
             upload_large_requests: true,
+            token: None,
+            ca: CaBundle::default(),
+            identity: None,
+            proxy: ClientProxy::Environment,
         }
     }
 }
 
+// By hand: destructured, so a new field cannot be added without deciding how it is shown.
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ClientConfig {
+            prefix,
+            fetch,
+            request_compression,
+            accept_max_response_bytes,
+            max_response_bytes,
+            timeout,
+            progress,
+            upload_large_requests,
+            token,
+            ca,
+            identity,
+            proxy,
+        } = self;
         f.debug_struct("ClientConfig")
-            .field("prefix", &self.prefix)
-            .field("fetch", &self.fetch)
-            .field("request_compression", &self.request_compression)
-            .field("accept_max_response_bytes", &self.accept_max_response_bytes)
-            .field("max_response_bytes", &self.max_response_bytes)
-            .field("timeout", &self.timeout)
-            .field("progress", &self.progress.as_ref().map(|_| "<fn>"))
-            .field("upload_large_requests", &self.upload_large_requests)
+            .field("prefix", prefix)
+            .field("fetch", fetch)
+            .field("request_compression", request_compression)
+            .field("accept_max_response_bytes", accept_max_response_bytes)
+            .field("max_response_bytes", max_response_bytes)
+            .field("timeout", timeout)
+            .field("progress", &progress.as_ref().map(|_| "<fn>"))
+            .field("upload_large_requests", upload_large_requests)
+            .field("token", &token.as_ref().map(|_| "<redacted>"))
+            .field("ca", ca)
+            .field("identity", identity)
+            .field("proxy", proxy)
             .finish()
     }
 }
@@ -148,6 +203,24 @@ impl Capabilities {
 mod tests {
     use super::*;
     use ::http::HeaderValue;
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let secret = "debug-secret-token-42";
+        let c = ClientConfig {
+            proxy: ClientProxy::Url("http://u:proxy-pass@127.0.0.1:1".into()),
+            ..ClientConfig::default()
+        }
+        .with_token(BearerToken::new(secret).unwrap());
+        for shown in [format!("{c:?}"), format!("{c:#?}")] {
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(!shown.contains("proxy-pass"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        let p = ClientConfig::default()
+            .with_token_provider(Arc::new(super::super::FileToken::new("/run/secrets/token")));
+        assert!(format!("{p:?}").contains("token: Some(\"<redacted>\")"));
+    }
 
     #[test]
     fn capability_headers_are_parsed_leniently() {

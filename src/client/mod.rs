@@ -38,6 +38,7 @@
 //! # }
 //! ```
 
+mod auth;
 mod config;
 mod http;
 mod request;
@@ -45,8 +46,10 @@ mod response;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod transport;
 mod upload;
 
+pub use auth::{BearerToken, FileToken, TokenProvider, MAX_TOKEN_FILE_BYTES};
 pub use config::{
     Capabilities, ClientConfig, ACCEPT_MAX_RESPONSE_BYTES_HEADER,
     ACCEPT_MAX_RESPONSE_BYTES_SUPPORT_HEADER, EXTERNALIZATION_ENABLED_HEADER,
@@ -57,6 +60,7 @@ pub use config::{
 pub use request::CallRequest;
 pub use response::{CallOutput, ExternalizedInfo};
 pub use stream::{ClientStream, StreamBatch};
+pub use transport::{ClientIdentity, ClientProxy};
 pub use upload::UploadUrl;
 
 use std::fmt;
@@ -139,6 +143,7 @@ impl Client {
         let policy = config.fetch.policy.clone().trust_origin_of(&base);
         let mut fetch = config.fetch.clone();
         fetch.policy = policy.clone();
+        fetch.ca = fetch.ca.merged(&config.ca);
         let fetcher = Fetcher::new(fetch)?;
         let rpc_http = http::rpc_client(&config)?;
         let upload_http = http::upload_client(&config, &policy)?;

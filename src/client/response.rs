@@ -5,11 +5,13 @@
 use bytes::Bytes;
 use http::HeaderMap;
 
+use super::auth::BearerToken;
 use super::config::RPC_ERROR_HEADER;
 use super::Client;
-use crate::error::{Error, Result};
+use crate::error::{AuthRejection, Error, Result};
 use crate::fetch::FetchStats;
 use crate::object::decode_content;
+use crate::wire::http::AUTH_REASON;
 use crate::wire::http::{collect_capped, normalize_content_encoding, CappedError};
 use crate::wire::{
     classify, keys, read_stream, BatchKind, LogMessage, MetaBatch, Metadata, ReadLimits, RpcError,
@@ -44,6 +46,8 @@ pub(super) struct RawResponse {
     pub(super) status: u16,
     pub(super) headers: HeaderMap,
     pub(super) body: Bytes,
+    /// The token the request carried, kept to scrub it from a 401's text.
+    pub(super) token: Option<BearerToken>,
 }
 
 /// A 2xx answer to an RPC POST, body decoded.
@@ -54,10 +58,20 @@ pub(super) struct Reply {
 }
 
 impl RawResponse {
-    /// The status rule of every RPC POST: a non-2xx answer fails with the EXCEPTION its body
-    /// carries (whatever the status, 401 included), else with [`Error::HttpStatus`] naming
-    /// `url` (redacted).
+    /// The status rule of every RPC POST: a 401 is [`Error::Unauthorized`] with the reason
+    /// the server gave (its body is the JSON envelope, not Arrow, as the reference client
+    /// expects); another non-2xx answer fails with the EXCEPTION its body carries (a 403
+    /// `PermissionError` from the authorization policy included), else with
+    /// [`Error::HttpStatus`] naming `url` (redacted).
     pub(super) fn into_reply(self, url: &str) -> Result<Reply> {
+        if self.status == 401 {
+            return Err(unauthorized_error(
+                &self.headers,
+                &self.body,
+                url,
+                self.token.as_ref(),
+            ));
+        }
         if !(200..300).contains(&self.status) {
             if let Some(e) = parse_error_body(&self.body) {
                 return Err(e.into());
@@ -137,6 +151,87 @@ pub(super) fn parse_unary_response(body: Bytes) -> Result<ParsedResponse> {
         n => Err(Error::Protocol(format!(
             "response holds {n} result batches, expected exactly one"
         ))),
+    }
+}
+
+/// The most of a 401 body read by the capability probe (the envelope is ~100 bytes).
+pub(super) const MAX_UNAUTHORIZED_BODY: u64 = 64 * 1024;
+/// The most characters of a 401's detail kept in the error.
+const MAX_UNAUTHORIZED_DETAIL: usize = 256;
+
+/// The error of a 401: the reason from the JSON envelope's `reason`, else from
+/// `VGI-Auth-Reason`, else `unauthorized` (a 401 from a gateway that is not vgi-rpc); the
+/// detail from the envelope's `detail`, else the message of an Arrow EXCEPTION body, else a
+/// bounded excerpt of a plain-text body (an HTML page is not quoted), with the token the
+/// request carried scrubbed from it.
+pub(super) fn unauthorized_error(
+    headers: &HeaderMap,
+    body: &[u8],
+    url: &str,
+    token: Option<&BearerToken>,
+) -> Error {
+    let envelope = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .filter(serde_json::Value::is_object);
+    let field = |name: &str| {
+        envelope
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let reason = field("reason")
+        .or_else(|| {
+            headers
+                .get(AUTH_REASON)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .map(|r| AuthRejection::from_code(&r))
+        .unwrap_or(AuthRejection::Unauthorized);
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    // A server that writes its 401 as an Arrow EXCEPTION: its message is the detail.
+    let exception = || parse_error_body(&Bytes::copy_from_slice(body)).map(|e| e.message);
+    let mut detail = match field("detail") {
+        Some(d) if !d.trim().is_empty() => d,
+        _ if envelope.is_some() => reason.as_str().to_string(),
+        _ if exception().is_some() => exception().unwrap_or_default(),
+        _ if text.is_empty() => "no detail".to_string(),
+        _ if text
+            .get(..9)
+            .is_some_and(|t| t.eq_ignore_ascii_case("<!doctype"))
+            || text
+                .get(..5)
+                .is_some_and(|t| t.eq_ignore_ascii_case("<html")) =>
+        {
+            "server returned an HTML 401 page instead of the JSON error envelope".to_string()
+        }
+        _ => text.to_string(),
+    };
+    if let Some(t) = token {
+        // A gateway that echoes the request must not put the credential into an error.
+        detail = detail.replace(t.expose(), "<redacted>");
+    }
+    let mut detail: String = detail
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_UNAUTHORIZED_DETAIL)
+        .collect();
+    if let Some(t) = token {
+        // The cut may have split the token; drop any tail that is a prefix of it.
+        let tail_len = (1..=t.expose().len().min(detail.len())).rev().find(|&n| {
+            detail.is_char_boundary(detail.len() - n)
+                && t.expose().starts_with(&detail[detail.len() - n..])
+        });
+        if let Some(n) = tail_len.filter(|&n| n >= 4) {
+            detail.truncate(detail.len() - n);
+        }
+    }
+    Error::Unauthorized {
+        reason,
+        detail: spillway_storage::redact_text(&detail),
+        url: spillway_storage::redact_url(url),
     }
 }
 
@@ -370,6 +465,74 @@ mod tests {
         assert_eq!(e.kind.as_deref(), Some("method_not_implemented"));
         assert!(parse_error_body(&Bytes::from_static(b"{\"title\": \"too large\"}")).is_none());
         assert!(parse_error_body(&body(&[result_batch(b"x")])).is_none());
+    }
+
+    #[test]
+    fn a_401_is_typed_with_its_reason() {
+        let token = BearerToken::new("sekret-token-value-123").unwrap();
+        let raw = |headers: HeaderMap, body: &str| RawResponse {
+            status: 401,
+            headers,
+            body: Bytes::from(body.to_string()),
+            token: Some(token.clone()),
+        };
+        let url = "http://h/P/m?sig=x";
+        let envelope = r#"{"error":"unauthorized","reason":"expired_credential","detail":"authentication rejected"}"#;
+        match raw(HeaderMap::new(), envelope).into_reply(url) {
+            Err(Error::Unauthorized {
+                reason,
+                detail,
+                url,
+            }) => {
+                assert_eq!(reason, AuthRejection::ExpiredCredential);
+                assert_eq!(detail, "authentication rejected");
+                assert_eq!(url, "http://h/P/m");
+            }
+            other => panic!("not unauthorized: {:?}", other.err()),
+        }
+        // No envelope: the header's reason; unknown codes are `unauthorized`.
+        let mut h = HeaderMap::new();
+        h.insert(AUTH_REASON, HeaderValue::from_static("missing_credential"));
+        let e = raw(h, "").into_reply(url).err().unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Unauthorized {
+                    reason: AuthRejection::MissingCredential,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = raw(HeaderMap::new(), r#"{"reason":"made_up"}"#)
+            .into_reply(url)
+            .err()
+            .unwrap();
+        assert!(matches!(
+            e,
+            Error::Unauthorized {
+                reason: AuthRejection::Unauthorized,
+                ..
+            }
+        ));
+        // A gateway's page: not quoted; an echo of the token: scrubbed, even when cut.
+        let e = raw(HeaderMap::new(), "<!DOCTYPE html><p>login</p>")
+            .into_reply(url)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("HTML 401 page"), "{e}");
+        for body in [
+            "denied: Bearer sekret-token-value-123".to_string(),
+            format!("{}sekret-token-value-123", "x".repeat(240)),
+        ] {
+            let e = raw(HeaderMap::new(), &body).into_reply(url).err().unwrap();
+            let text = format!("{e} {e:?}");
+            assert!(!text.contains("sekret-tok"), "{text}");
+        }
+        assert_eq!(
+            AuthRejection::from_code("insufficient_scope").as_str(),
+            "insufficient_scope"
+        );
     }
 
     #[test]

@@ -168,15 +168,16 @@ fn no_params() -> RecordBatch {
 }
 
 /// The bug the unification fixed: a unary call read a 401's Arrow EXCEPTION as a bare status.
+/// Every 401 is now [`crate::Error::Unauthorized`]; an EXCEPTION body's message is its detail.
 #[tokio::test]
 async fn a_401_with_an_arrow_error_body_is_the_parsed_error_on_unary_calls_too() {
     let client = scripted::client().await;
     match client.call("P", "unauthorized", no_params()).await {
-        Err(crate::Error::Rpc(e)) => {
-            assert_eq!(e.error_type, "AuthenticationError");
-            assert_eq!(e.message, "token expired");
+        Err(crate::Error::Unauthorized { reason, detail, .. }) => {
+            assert_eq!(reason, crate::AuthRejection::Unauthorized);
+            assert_eq!(detail, "token expired");
         }
-        other => panic!("expected the parsed rpc error, got {other:?}"),
+        other => panic!("expected the unauthorized error, got {other:?}"),
     }
     let open = client
         .open_stream(super::CallRequest::new(
@@ -186,8 +187,8 @@ async fn a_401_with_an_arrow_error_body_is_the_parsed_error_on_unary_calls_too()
         ))
         .await;
     match open {
-        Err(crate::Error::Rpc(e)) => assert_eq!(e.message, "token expired"),
-        other => panic!("expected the parsed rpc error, got {other:?}"),
+        Err(crate::Error::Unauthorized { detail, .. }) => assert_eq!(detail, "token expired"),
+        other => panic!("expected the unauthorized error, got {other:?}"),
     }
 }
 

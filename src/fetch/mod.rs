@@ -38,6 +38,7 @@
 mod args;
 mod engine;
 mod http;
+mod roots;
 mod sink;
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ use url::Url;
 
 #[cfg(feature = "cli")]
 pub use self::args::FetchArgs;
+pub(crate) use self::roots::read_capped;
+pub use self::roots::{CaBundle, MAX_CA_BUNDLE_BYTES};
 pub use crate::error::FetchFailure;
 use crate::error::{Error, Result};
 use crate::object::{resolve_object, ResolvedBatch};
@@ -128,6 +131,10 @@ pub struct FetchConfig {
     pub stall_timeout: Duration,
     /// Time allowed for the whole fetch (all retries and attempts). Default 600 s.
     pub deadline: Duration,
+    /// Certificate authorities trusted for https object URLs next to the platform's roots
+    /// (e.g. the private CA of a TLS Spillway server, whose local-store URLs are https).
+    /// Default none.
+    pub ca: CaBundle,
 }
 
 impl Default for FetchConfig {
@@ -154,6 +161,7 @@ impl Default for FetchConfig {
             retry_max_delay: Duration::from_secs(2),
             stall_timeout: Duration::from_secs(5),
             deadline: Duration::from_secs(600),
+            ca: CaBundle::default(),
         }
     }
 }
@@ -222,7 +230,11 @@ impl Fetcher {
         {
             return Err(Error::Config("fetch hedge factors must be finite".into()));
         }
-        let http = reqwest::Client::builder()
+        // Never through a proxy (`no_proxy`): the policy judges the addresses a pointer's host
+        // resolves to, and a proxy would resolve (and connect to) them out of its sight.
+        let http = config
+            .ca
+            .apply(reqwest::Client::builder())
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(PolicyResolver::new(Arc::new(
                 config.policy.clone(),

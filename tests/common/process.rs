@@ -89,6 +89,75 @@ impl ServedBinary {
     }
 }
 
+/// A `spillway serve` process whose stdout and stderr go to a file (for tests that read the
+/// server's log), killed (by its own pid) when dropped.
+pub(crate) struct LoggedServe {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) url: String,
+    /// Where its output goes.
+    pub(crate) log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for LoggedServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl LoggedServe {
+    /// `spillway serve` configured by `env` only (plus the listen address and a private
+    /// object directory; nothing inherited but `PATH`), its output in a file; waits (polling
+    /// the file, with a deadline) until it prints "spillway serving".
+    pub(crate) fn start(env: &[(&str, &str)]) -> LoggedServe {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serve.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("NO_COLOR", "1")
+            .env("SPILLWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SPILLWAY_LOCAL_DIR", dir.path().join("objects"))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("spillway serving") {
+                break;
+            }
+            let exited = child.try_wait().unwrap().is_some();
+            if exited || Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("spillway serve did not start:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        LoggedServe {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Everything it printed so far.
+    pub(crate) fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 /// `spillway call --url URL ARGS...` (whatever `SPILLWAY_PREFIX` the caller exported), run to
 /// completion.
 pub(crate) fn call(url: &str, args: &[&str]) -> std::process::Output {
@@ -100,4 +169,30 @@ pub(crate) fn call(url: &str, args: &[&str]) -> std::process::Output {
         .env_remove("SPILLWAY_PREFIX")
         .output()
         .unwrap()
+}
+
+/// `spillway call --url URL ARGS...` with `env` only (nothing inherited but `PATH`: no
+/// `SPILLWAY_*`, no proxy variables), run to completion.
+pub(crate) fn call_clean(url: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("call")
+        .arg("--url")
+        .arg(url)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// A finished process's stdout and stderr, as text.
+pub(crate) fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

@@ -10,6 +10,25 @@ use spillway::url_policy::UrlPolicy;
 use spillway_storage_local::LocalStore;
 use tempfile::TempDir;
 
+/// One request as a [`TestServer::start_recording`] server received it.
+#[derive(Debug, Clone)]
+pub(crate) struct SeenRequest {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) authorization: Option<String>,
+}
+
+/// The requests a recording server received, in order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Recorded(Arc<std::sync::Mutex<Vec<SeenRequest>>>);
+
+impl Recorded {
+    /// Everything received so far (and forgets it).
+    pub(crate) fn take(&self) -> Vec<SeenRequest> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
 /// A server listening on 127.0.0.1, stopped when dropped.
 pub(crate) struct TestServer {
     pub(crate) base: String,
@@ -27,6 +46,42 @@ impl Drop for TestServer {
 impl TestServer {
     /// Starts `spillway serve` with these extra flags (parsed exactly as the CLI parses them).
     pub(crate) async fn start(flags: &[&str]) -> TestServer {
+        Self::start_routed(flags, |r| r).await
+    }
+
+    /// Like [`TestServer::start`], recording every request's method, path and
+    /// `Authorization` header as the server receives it.
+    pub(crate) async fn start_recording(flags: &[&str]) -> (TestServer, Recorded) {
+        let recorded = Recorded::default();
+        let log = recorded.clone();
+        let s = Self::start_routed(flags, move |router| {
+            router.layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let log = log.clone();
+                    async move {
+                        log.0.lock().unwrap().push(SeenRequest {
+                            method: req.method().to_string(),
+                            path: req.uri().path().to_string(),
+                            authorization: req
+                                .headers()
+                                .get(http::header::AUTHORIZATION)
+                                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                        });
+                        next.run(req).await
+                    }
+                },
+            ))
+        })
+        .await;
+        (s, recorded)
+    }
+
+    /// Starts `spillway serve` with `flags`, its router passed through `wrap` (a test's own
+    /// layer).
+    pub(crate) async fn start_routed(
+        flags: &[&str],
+        wrap: impl FnOnce(axum::Router) -> axum::Router,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let dir = tempfile::tempdir().unwrap();
@@ -50,7 +105,16 @@ impl TestServer {
             "http://127.0.0.1:{port}{}",
             args.server_config().unwrap().prefix
         );
-        Self::serve(listener, server, base, dir, store)
+        let router = wrap(server.router());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        TestServer {
+            base,
+            dir,
+            store,
+            task,
+        }
     }
 
     /// Starts `spillway serve` with `flags` followed by `extra` (owned flags, e.g. a storage
