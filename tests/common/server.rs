@@ -27,11 +27,21 @@ impl Drop for TestServer {
 impl TestServer {
     /// Starts `spillway serve` with these extra flags (parsed exactly as the CLI parses them).
     pub(crate) async fn start(flags: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let local_dir = dir.path().join("objects");
+        Self::start_in(dir, &local_dir, flags).await
+    }
+
+    /// Starts `spillway serve` with its local store in `objects` (replicas sharing a volume
+    /// pass the same directory).
+    pub(crate) async fn start_sharing(objects: &std::path::Path, flags: &[&str]) -> TestServer {
+        Self::start_in(tempfile::tempdir().unwrap(), objects, flags).await
+    }
+
+    async fn start_in(dir: TempDir, local_dir: &std::path::Path, flags: &[&str]) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
         let listen = format!("127.0.0.1:{port}");
-        let local_dir = dir.path().join("objects");
         let mut argv = vec![
             "spillway",
             "serve",
