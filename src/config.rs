@@ -165,8 +165,8 @@ pub struct ServeArgs {
     /// Lifetime in seconds of vended upload/download URL pairs.
     #[arg(long, env = "SPILLWAY_UPLOAD_URL_TTL", default_value_t = 3600)]
     pub upload_url_ttl: u64,
-    /// Secret (at least 32 bytes) signing local-store URLs; share it between replicas
-    /// [default: random per process].
+    /// Secret (at least 32 bytes) sealing stream state tokens and signing local-store URLs;
+    /// share it between replicas [default: random per process].
     #[arg(long, env = "SPILLWAY_SIGNING_SECRET", hide_env_values = true)]
     pub signing_secret: Option<String>,
     /// Longest a method may run, in seconds.

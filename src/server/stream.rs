@@ -1,7 +1,7 @@
 //! Producer and exchange streams over stateless HTTP (spec §4): the `/init` and `/exchange`
 //! handlers.
 //!
-//! Every request performs exactly one step; the method's state travels in the signed cursor
+//! Every request performs exactly one step; the method's state travels in the sealed cursor
 //! token (see [`super::tokens`]). A method provides an `init` (params → initial state, optional
 //! header) and a `turn` (state + input → at most one output batch + next state); the server
 //! does the framing, the tokens, the per-cycle externalization and the caps.

@@ -94,7 +94,8 @@ pub(crate) enum TokenError {
 }
 
 impl TokenError {
-    /// The reference's wording (`_state_token.py`), which vgi-rpc clients may show.
+    /// The reference's wording (`_state_token.py`, `_app_stream.py`), which vgi-rpc clients
+    /// may show; `WrongCall` keeps Spillway's earlier, shorter phrasing.
     pub(crate) fn message(&self) -> &'static str {
         match self {
             TokenError::Missing => "Missing state token in exchange request",
