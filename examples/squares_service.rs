@@ -56,6 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         key_prefix: "squares/".into(),
         public_base: format!("http://{LISTEN}{OBJECTS_PATH}/").parse()?,
         secret: config.signing_secret.clone(),
+        previous_secrets: config.previous_signing_secrets.clone(),
         max_object_bytes: config.max_upload_bytes,
     })?);
     let router = Server::new(config)

@@ -165,8 +165,8 @@ pub struct ServeArgs {
     /// Lifetime in seconds of vended upload/download URL pairs.
     #[arg(long, env = "SPILLWAY_UPLOAD_URL_TTL", default_value_t = 3600)]
     pub upload_url_ttl: u64,
-    /// Secret (at least 32 bytes) signing local-store URLs; share it between replicas
-    /// [default: random per process].
+    /// Secret (at least 32 bytes) sealing stream state tokens and signing local-store URLs;
+    /// share it between replicas [default: random per process].
     #[arg(long, env = "SPILLWAY_SIGNING_SECRET", hide_env_values = true)]
     pub signing_secret: Option<String>,
     /// Longest a method may run, in seconds.
@@ -294,6 +294,8 @@ impl ServeArgs {
     /// The server settings these arguments describe.
     pub fn server_config(&self) -> Result<ServerConfig> {
         let signing_secret = self.signing_secret()?;
+        let previous_signing_secrets: Vec<Vec<u8>> =
+            self.security.previous_secret()?.into_iter().collect();
         if self.threshold_bytes == 0 {
             return Err(Error::Config(
                 "SPILLWAY_THRESHOLD_BYTES must be at least 1".into(),
@@ -313,6 +315,7 @@ impl ServeArgs {
             upload_url_ttl: Duration::from_secs(self.upload_url_ttl.max(1)),
             method_timeout: Duration::from_secs(self.method_timeout.max(1)),
             signing_secret,
+            previous_signing_secrets,
             stream_token_ttl: Duration::from_secs(self.stream_token_ttl.max(1)),
             externalize: ExternalizeConfig {
                 threshold_bytes: self.threshold_bytes,
@@ -331,6 +334,7 @@ impl ServeArgs {
     pub async fn build_server(&self) -> Result<(Server, Option<Arc<LocalStore>>)> {
         let config = self.server_config()?;
         let secret = config.signing_secret.clone();
+        let previous_secrets = config.previous_signing_secrets.clone();
         let prefix = config.prefix.clone();
         let demo = crate::demo::protocol_with_limit(self.demo_max_blob_bytes)?;
         let mut server = Server::new(config)
@@ -361,6 +365,7 @@ impl ServeArgs {
                     key_prefix: self.store.key_prefix.clone(),
                     public_base,
                     secret,
+                    previous_secrets,
                     max_object_bytes: self.store.max_upload_bytes,
                 })?);
                 let routes = store.clone().router();
@@ -496,6 +501,53 @@ mod tests {
             assert!(!text.contains("t0ken"), "{text}");
             assert!(text.contains("https://spillway.example.com/base"), "{text}");
         }
+    }
+
+    #[test]
+    fn the_previous_secret_reaches_the_server_config_and_never_its_debug() {
+        const PREVIOUS: &str = "Old5ecretSigningKey-0123456789abcdef-xyz";
+        let cli = serve_cli(&[
+            "--signing-secret",
+            SECRET,
+            "--signing-secret-previous",
+            PREVIOUS,
+        ]);
+        let Command::Serve(args) = &cli.command else {
+            panic!("not a serve command");
+        };
+        let config = args.server_config().unwrap();
+        assert_eq!(config.signing_secret, SECRET.as_bytes());
+        assert_eq!(
+            config.previous_signing_secrets,
+            vec![PREVIOUS.as_bytes().to_vec()]
+        );
+        let mut texts = renderings(&cli);
+        texts.push(format!("{config:?}"));
+        texts.push(format!("{config:#?}"));
+        for text in texts {
+            assert!(!text.contains("Old5ecret"), "{text}");
+            assert!(!text.contains("Sup3rSecret"), "{text}");
+        }
+        // Checked like the current secret.
+        let short = serve_cli(&["--signing-secret-previous", "short"]);
+        let Command::Serve(args) = &short.command else {
+            panic!("not a serve command");
+        };
+        let err = args.server_config().expect_err("a short previous secret");
+        assert!(
+            err.to_string().contains("SPILLWAY_SIGNING_SECRET_PREVIOUS"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("short"), "{err}");
+        // Without one, nothing but the current secret is accepted.
+        let Command::Serve(args) = &serve_cli(&[]).command else {
+            panic!("not a serve command");
+        };
+        assert!(args
+            .server_config()
+            .unwrap()
+            .previous_signing_secrets
+            .is_empty());
     }
 
     #[test]

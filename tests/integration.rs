@@ -15,6 +15,7 @@ mod fetch_faults;
 mod ops;
 mod reflection;
 mod server_api;
+mod stream_tokens;
 mod streams;
 mod wire_vectors;
 

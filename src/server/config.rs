@@ -31,9 +31,14 @@ pub struct ServerConfig {
     /// policy allows, fetched over HTTP (for test rigs such as the vgi-rpc conformance
     /// suite, whose storage is a separate service).
     pub request_pointer_fetcher: Option<crate::fetch::Fetcher>,
-    /// Secret signing stream state tokens (at least 32 bytes); replicas behind one load
+    /// Secret sealing stream state tokens (at least 32 bytes); replicas behind one load
     /// balancer must share it. Defaults to a random per-process secret.
     pub signing_secret: Vec<u8>,
+    /// Secrets used before `signing_secret`: tokens sealed with one of them are still
+    /// accepted, new ones are sealed with `signing_secret` only, so a rotation drops no
+    /// stream. Keep an old secret here as long as a token sealed with it may live (a stream's
+    /// lifetime: a day, or `stream_token_ttl` if longer), then remove it.
+    pub previous_signing_secrets: Vec<Vec<u8>>,
     /// Longest pause allowed between two turns of a stream.
     pub stream_token_ttl: Duration,
     /// Compress RPC responses (zstd or gzip, as negotiated). When off, the server advertises an
@@ -61,6 +66,7 @@ impl Default for ServerConfig {
                 rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
                 secret
             },
+            previous_signing_secrets: Vec::new(),
             stream_token_ttl: Duration::from_secs(3600),
             response_compression: true,
             cors_origins: Vec::new(),
@@ -82,6 +88,10 @@ impl fmt::Debug for ServerConfig {
             .field("externalize", &self.externalize)
             .field("request_pointer_fetcher", &self.request_pointer_fetcher)
             .field("signing_secret", &"<redacted>")
+            .field(
+                "previous_signing_secrets",
+                &vec!["<redacted>"; self.previous_signing_secrets.len()],
+            )
             .field("stream_token_ttl", &self.stream_token_ttl)
             .field("response_compression", &self.response_compression)
             .field("cors_origins", &self.cors_origins)
@@ -108,6 +118,7 @@ mod tests {
         let secret = b"TOP-SECRET-signing-key-0123456789abcdef";
         let config = ServerConfig {
             signing_secret: secret.to_vec(),
+            previous_signing_secrets: vec![b"OLD-SECRET-signing-key-0123456789abcdef".to_vec()],
             ..ServerConfig::default()
         };
         let text = String::from_utf8_lossy(secret).into_owned();
@@ -115,6 +126,8 @@ mod tests {
         let bytes = format!("{:?}", secret.to_vec());
         for shown in [format!("{config:?}"), format!("{config:#?}")] {
             assert!(!shown.contains(&text), "{shown}");
+            assert!(!shown.contains("OLD-SECRET"), "{shown}");
+            assert!(!shown.contains("79, 76, 68"), "{shown}");
             assert!(!shown.contains(&bytes), "{shown}");
             assert!(!shown.contains("84, 79, 80"), "{shown}");
             assert!(shown.contains("<redacted>"), "{shown}");

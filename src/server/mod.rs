@@ -174,8 +174,11 @@ impl Server {
             .as_ref()
             .map(|s| Externalizer::new(s.clone(), config.externalize.clone()));
         let has_storage = self.storage.is_some();
-        let tokens =
-            tokens::TokenSigner::new(config.signing_secret.clone(), config.stream_token_ttl);
+        let tokens = tokens::TokenSigner::new(
+            &config.signing_secret,
+            &config.previous_signing_secrets,
+            config.stream_token_ttl,
+        );
         // Registration order is kept for reflection's listing.
         let hosted: Vec<Arc<Protocol>> = self.protocols.into_iter().map(Arc::new).collect();
         let mut protocols: BTreeMap<String, Arc<Protocol>> = hosted

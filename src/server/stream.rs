@@ -1,7 +1,7 @@
 //! Producer and exchange streams over stateless HTTP (spec §4): the `/init` and `/exchange`
 //! handlers.
 //!
-//! Every request performs exactly one step; the method's state travels in the signed cursor
+//! Every request performs exactly one step; the method's state travels in the sealed cursor
 //! token (see [`super::tokens`]). A method provides an `init` (params → initial state, optional
 //! header) and a `turn` (state + input → at most one output batch + next state); the server
 //! does the framing, the tokens, the per-cycle externalization and the caps.
@@ -14,8 +14,6 @@ use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 
 use super::auth::AuthContext;
 use super::emit::{emit_cycle, response_limit, response_too_large};
@@ -25,7 +23,7 @@ use super::protocol::{CallContext, Method, StreamMethod, StreamTurn};
 use super::request::{parse_accept_max, read_call, read_single_batch, route};
 use super::response::{body_response, encode_stream, rpc_error_from, stream_response, ApiError};
 use super::state::{AppState, RequestId};
-use super::tokens::TokenError;
+use super::tokens::{TokenError, TokenScope, TokenTooLarge};
 use crate::wire::{
     is_pointer, keys, read_stream, schemas_equal, MetaBatch, Metadata, ReadLimits, RpcError,
 };
@@ -95,15 +93,19 @@ fn sentinel(schema: &SchemaRef, cursor: String, call: Option<String>) -> MetaBat
     }
 }
 
-fn schema_to_b64(schema: &SchemaRef, request_id: &str) -> Result<String, Response> {
-    Ok(B64.encode(encode_stream(schema, &[], request_id)?))
+fn schema_to_bytes(schema: &SchemaRef, request_id: &str) -> Result<Vec<u8>, Response> {
+    encode_stream(schema, &[], request_id)
 }
 
-fn schema_from_b64(text: &str) -> Option<SchemaRef> {
-    let bytes = B64.decode(text).ok()?;
-    read_stream(bytes.into(), ReadLimits::default())
+fn schema_from_bytes(bytes: &[u8]) -> Option<SchemaRef> {
+    read_stream(bytes.to_vec().into(), ReadLimits::default())
         .ok()
         .map(|s| s.schema)
+}
+
+/// A state too large for a token: the stream cannot continue, so the step fails.
+fn too_large(e: TokenTooLarge) -> RpcError {
+    RpcError::internal(e.to_string())
 }
 
 fn logs_on(ctx: &CallContext, schema: &SchemaRef) -> Vec<MetaBatch> {
@@ -132,7 +134,13 @@ pub(crate) async fn init_route(
         return not_a_stream(&method, rid);
     };
     let sm = sm.clone();
-    let ctx = CallContext::new(call.protocol.name(), &method, call.metadata, rid, auth);
+    let ctx = CallContext::new(
+        call.protocol.name(),
+        &method,
+        call.metadata,
+        rid,
+        auth.clone(),
+    );
     let started = run_handler(&st, &method, (sm.init)(ctx.clone(), call.params)).await;
     let start = match started {
         Ok(s) => s,
@@ -145,16 +153,27 @@ pub(crate) async fn init_route(
         Some(s)
             if !schemas_equal(s, &sm.output) || s.fields().len() != sm.output.fields().len() =>
         {
-            match schema_to_b64(s, rid) {
+            match schema_to_bytes(s, rid) {
                 Ok(b) => Some(b),
                 Err(resp) => return resp,
             }
         }
         _ => None,
     };
-    let call_token = st
-        .tokens
-        .issue_call(call.protocol.name(), &method, limit, dynamic);
+    // Tokens are bound to this caller and this route (see `tokens`).
+    let scope = TokenScope {
+        caller: &auth,
+        protocol: call.protocol.name(),
+        method: &method,
+    };
+    let (call_token, sealed_call) = match st.tokens.issue_call(&scope, limit, dynamic) {
+        Ok(t) => t,
+        Err(e) => {
+            return ApiError::server(too_large(e))
+                .with_request_id(rid)
+                .into_response()
+        }
+    };
     let mut body = Vec::new();
     let mut externalized = 0u64;
     // The header stream, when declared: init logs, then the (possibly externalized) header.
@@ -195,7 +214,17 @@ pub(crate) async fn init_route(
     }
     if sm.is_exchange() {
         // Exchange: no data at init, just the tokens.
-        let cursor = st.tokens.issue_cursor(&call_token, &start.state, 0);
+        let cursor = match st
+            .tokens
+            .issue_cursor(&scope, &sealed_call, &start.state, 0)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                return ApiError::server(too_large(e))
+                    .with_request_id(rid)
+                    .into_response()
+            }
+        };
         let mut batches = pending_logs;
         batches.push(sentinel(&output, cursor, Some(call_token)));
         if let Err(resp) = append_stream(&mut body, &output, &batches, rid) {
@@ -222,8 +251,14 @@ pub(crate) async fn init_route(
     externalized += step.externalized_bytes;
     let mut batches = step.batches;
     if !step.finished {
-        let cursor = st.tokens.issue_cursor(&call_token, &step.state, 1);
-        batches.push(sentinel(&output, cursor, Some(call_token)));
+        match st.tokens.issue_cursor(&scope, &sealed_call, &step.state, 1) {
+            Ok(cursor) => batches.push(sentinel(&output, cursor, Some(call_token))),
+            Err(e) => {
+                return ApiError::server(too_large(e))
+                    .with_request_id(rid)
+                    .into_response()
+            }
+        }
     }
     if let Err(resp) = append_stream(&mut body, &output, &batches, rid) {
         return resp;
@@ -377,17 +412,22 @@ pub(crate) async fn exchange_route(
     else {
         return token_error(TokenError::Missing, rid);
     };
-    let call = match st.tokens.open_call(call_token, proto.name(), &method) {
+    // Opened with this caller's identity: another caller's tokens fail the tag check.
+    let scope = TokenScope {
+        caller: &auth,
+        protocol: proto.name(),
+        method: &method,
+    };
+    let call = match st.tokens.open_call(&scope, call_token) {
         Ok(c) => c,
         Err(e) => return token_error(e, rid),
     };
-    let (state, seq) = match st.tokens.open_cursor(cursor, call_token) {
+    let (state, seq) = match st.tokens.open_cursor(&scope, cursor, &call) {
         Ok(s) => s,
         Err(e) => return token_error(e, rid),
     };
-    let call_token = call_token.clone();
     let output = match &call.os {
-        Some(b) => match schema_from_b64(b) {
+        Some(b) => match schema_from_bytes(b) {
             Some(s) => s,
             None => return token_error(TokenError::BadSignature, rid),
         },
@@ -422,8 +462,10 @@ pub(crate) async fn exchange_route(
             Ok(step) => {
                 let mut batches = step.batches;
                 if !step.finished {
-                    let cursor = st.tokens.issue_cursor(&call_token, &step.state, seq + 1);
-                    batches.push(sentinel(&output, cursor, None));
+                    match st.tokens.issue_cursor(&scope, &call, &step.state, seq + 1) {
+                        Ok(cursor) => batches.push(sentinel(&output, cursor, None)),
+                        Err(e) => return fail(Vec::new(), too_large(e)),
+                    }
                 }
                 step_response(
                     &output,
@@ -455,7 +497,7 @@ pub(crate) async fn exchange_route(
         Ok(i) => i,
         Err(e) => return fail(Vec::new(), e),
     };
-    let ctx = CallContext::for_turn(proto.name(), &method, input_md.clone(), rid, auth);
+    let ctx = CallContext::for_turn(proto.name(), &method, input_md.clone(), rid, auth.clone());
     let turn = StreamTurn {
         state,
         input: Some(input),
@@ -480,7 +522,10 @@ pub(crate) async fn exchange_route(
         Err(e) => return fail(logs, e),
     };
     // The refreshed cursor rides on the data batch (inside the object when externalized).
-    let cursor = st.tokens.issue_cursor(&call_token, &out.state, seq + 1);
+    let cursor = match st.tokens.issue_cursor(&scope, &call, &out.state, seq + 1) {
+        Ok(c) => c,
+        Err(e) => return fail(logs, too_large(e)),
+    };
     out_md.insert(keys::STREAM_STATE.into(), cursor);
     let data = MetaBatch {
         batch,

@@ -82,11 +82,26 @@ impl TestServer {
         flags: &[&str],
         wrap: impl FnOnce(axum::Router) -> axum::Router,
     ) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let local_dir = dir.path().join("objects");
+        Self::start_in(dir, &local_dir, flags, wrap).await
+    }
+
+    /// Starts `spillway serve` with its local store in `objects` (replicas sharing a volume
+    /// pass the same directory).
+    pub(crate) async fn start_sharing(objects: &std::path::Path, flags: &[&str]) -> TestServer {
+        Self::start_in(tempfile::tempdir().unwrap(), objects, flags, |r| r).await
+    }
+
+    async fn start_in(
+        dir: TempDir,
+        local_dir: &std::path::Path,
+        flags: &[&str],
+        wrap: impl FnOnce(axum::Router) -> axum::Router,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
         let listen = format!("127.0.0.1:{port}");
-        let local_dir = dir.path().join("objects");
         let mut argv = vec![
             "spillway",
             "serve",

@@ -20,6 +20,7 @@ pub(crate) fn local_store(
             key_prefix: key_prefix.into(),
             public_base: format!("{origin}/__storage__/").parse().unwrap(),
             secret: vec![secret; 32],
+            previous_secrets: Vec::new(),
             max_object_bytes: 1 << 30,
         })
         .unwrap(),

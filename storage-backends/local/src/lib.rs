@@ -25,6 +25,7 @@
 //!     key_prefix: "results/".to_string(),
 //!     public_base: "http://127.0.0.1:8080/vgi/__storage__/".parse()?,
 //!     secret: vec![42; 32],
+//!     previous_secrets: Vec::new(),
 //!     max_object_bytes: 1 << 20,
 //! })?);
 //! let key = store.new_key();
@@ -72,6 +73,10 @@ pub struct LocalStoreConfig {
     pub public_base: Url,
     /// HMAC key for URL signatures; at least [`MIN_SECRET_LEN`] bytes.
     pub secret: Vec<u8>,
+    /// Keys used before `secret` (each at least [`MIN_SECRET_LEN`] bytes): URLs signed with
+    /// one of them still verify, new URLs are signed with `secret`. Keep one here for as long
+    /// as URLs signed with it may live, then remove it.
+    pub previous_secrets: Vec<Vec<u8>>,
     /// Largest object accepted by [`Storage::put`] and by PUT through upload URLs.
     pub max_object_bytes: u64,
 }
@@ -83,6 +88,10 @@ impl fmt::Debug for LocalStoreConfig {
             .field("key_prefix", &self.key_prefix)
             .field("public_base", &self.public_base.as_str())
             .field("secret", &"<redacted>")
+            .field(
+                "previous_secrets",
+                &vec!["<redacted>"; self.previous_secrets.len()],
+            )
             .field("max_object_bytes", &self.max_object_bytes)
             .finish()
     }
@@ -143,6 +152,15 @@ impl LocalStore {
                 "secret must be at least {MIN_SECRET_LEN} bytes"
             )));
         }
+        if config
+            .previous_secrets
+            .iter()
+            .any(|s| s.len() < MIN_SECRET_LEN)
+        {
+            return Err(config_error(format!(
+                "every previous secret must be at least {MIN_SECRET_LEN} bytes"
+            )));
+        }
         validate_key_prefix(&config.key_prefix)
             .map_err(|e| config_error(format!("invalid key prefix: {e}")))?;
         check_public_base(&config.public_base)?;
@@ -151,7 +169,7 @@ impl LocalStore {
             disk,
             key_prefix: config.key_prefix,
             public_base: config.public_base,
-            signer: sign::Signer::new(config.secret),
+            signer: sign::Signer::new(config.secret, config.previous_secrets),
             max_object_bytes: config.max_object_bytes,
         })
     }
@@ -318,6 +336,7 @@ mod tests {
             key_prefix: "p/".to_string(),
             public_base: Url::parse("http://127.0.0.1:9/base/__storage__/").unwrap(),
             secret: vec![1; 32],
+            previous_secrets: Vec::new(),
             max_object_bytes: 100,
         }
     }
@@ -336,6 +355,13 @@ mod tests {
         c.secret = vec![1; 31];
         let msg = config_reason(LocalStore::new(c).unwrap_err());
         assert!(msg.contains("at least 32 bytes"), "{msg}");
+        let mut c = config(dir.path());
+        c.previous_secrets = vec![vec![2; 32], vec![3; 31]];
+        let msg = config_reason(LocalStore::new(c).unwrap_err());
+        assert!(
+            msg.contains("previous secret must be at least 32 bytes"),
+            "{msg}"
+        );
 
         let mut c = config(dir.path());
         c.key_prefix = "../".into();
@@ -363,10 +389,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(dir.path());
         c.secret = b"super-secret-value-of-32-bytes!!".to_vec();
-        let shown = format!("{c:?}");
-        assert!(!shown.contains("super-secret"));
+        c.previous_secrets = vec![b"older-secret-value-of-32-bytes!!".to_vec()];
+        for shown in [format!("{c:?}"), format!("{c:#?}")] {
+            assert!(!shown.contains("super-secret"), "{shown}");
+            assert!(!shown.contains("older-secret"), "{shown}");
+            // Nor as the derived Debug of the bytes would show them.
+            assert!(!shown.contains("111, 108, 100"), "{shown}");
+            assert!(shown.contains("previous_secrets"), "{shown}");
+        }
         let store = LocalStore::new(c).unwrap();
-        assert!(!format!("{store:?}").contains("super-secret"));
+        for shown in [format!("{store:?}"), format!("{store:#?}")] {
+            assert!(!shown.contains("super-secret"), "{shown}");
+            assert!(!shown.contains("older-secret"), "{shown}");
+        }
     }
 
     #[tokio::test]

@@ -3,6 +3,9 @@
 //! A URL carries three query parameters: the method it is bound to, its expiry in unix seconds,
 //! and a MAC over a domain-separated string of method, key and expiry. The key comes from the
 //! URL path, so moving a signature to another key, method or expiry invalidates it.
+//!
+//! New URLs are signed with the current secret; a URL signed with a previous one still
+//! verifies, so rotating the secret does not break the URLs already handed out.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,9 +30,10 @@ const DOMAIN: &str = "spillway-local-v1";
 /// Longest accepted expiry string: `u64::MAX` has 20 digits.
 const MAX_EXPIRES_DIGITS: usize = 20;
 
-/// Signs and verifies URL parameters with the store's secret.
+/// Signs URL parameters with the store's secret and verifies them with it or a previous one.
 pub(crate) struct Signer {
     secret: Vec<u8>,
+    previous: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for Signer {
@@ -89,18 +93,19 @@ pub(crate) fn parse_query(query: Option<&str>) -> Result<SignedQuery, StorageErr
 }
 
 impl Signer {
-    /// A signer for `secret` (its length is checked by the store's constructor).
-    pub(crate) fn new(secret: Vec<u8>) -> Self {
-        Signer { secret }
+    /// A signer for `secret` that also accepts `previous` secrets when verifying (their
+    /// lengths are checked by the store's constructor).
+    pub(crate) fn new(secret: Vec<u8>, previous: Vec<Vec<u8>>) -> Self {
+        Signer { secret, previous }
     }
 
     fn mac(
-        &self,
+        secret: &[u8],
         method: PresignMethod,
         key: &str,
         expires: &str,
     ) -> Result<HmacSha256, StorageError> {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.secret)
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(secret)
             .map_err(|_| StorageError::Config("invalid hmac secret".to_string()))?;
         // Keys cannot contain '\n' and the method and expiry are fixed alphabets, so the
         // newline-joined message is unambiguous.
@@ -121,7 +126,7 @@ impl Signer {
         key: &ObjectKey,
         expires: u64,
     ) -> Result<String, StorageError> {
-        let mac = self.mac(method, key.as_str(), &expires.to_string())?;
+        let mac = Self::mac(&self.secret, method, key.as_str(), &expires.to_string())?;
         Ok(hex::encode(mac.finalize().into_bytes()))
     }
 
@@ -153,9 +158,21 @@ impl Signer {
             .parse()
             .map_err(|_| refused("malformed expiry"))?;
         let signature = hex::decode(&query.signature).map_err(|_| refused("signature mismatch"))?;
-        self.mac(method, key.as_str(), &query.expires)?
-            .verify_slice(&signature)
-            .map_err(|_| refused("signature mismatch"))?;
+        let mut verified = false;
+        for secret in std::iter::once(&self.secret).chain(&self.previous) {
+            // Constant time per secret; which secret matched is not observable beyond timing
+            // of the count of secrets tried, which is configuration, not a secret.
+            if Self::mac(secret, method, key.as_str(), &query.expires)?
+                .verify_slice(&signature)
+                .is_ok()
+            {
+                verified = true;
+                break;
+            }
+        }
+        if !verified {
+            return Err(refused("signature mismatch"));
+        }
         if now_unix >= expires {
             return Err(refused("url expired"));
         }
@@ -168,7 +185,7 @@ mod tests {
     use super::*;
 
     fn signer() -> Signer {
-        Signer::new(vec![7u8; 32])
+        Signer::new(vec![7u8; 32], Vec::new())
     }
 
     fn query(method: &str, expires: &str, signature: &str) -> SignedQuery {
@@ -216,11 +233,60 @@ mod tests {
             let err = s.verify(k, &q, 0).unwrap_err();
             assert_eq!(reason(err), "signature mismatch");
         }
-        let other = Signer::new(vec![8u8; 32]);
+        let other = Signer::new(vec![8u8; 32], Vec::new());
         let err = other
             .verify(&key, &query("GET", "1000", &sig), 0)
             .unwrap_err();
         assert_eq!(reason(err), "signature mismatch");
+    }
+
+    #[test]
+    fn previous_secrets_verify_while_new_urls_use_the_current_one() {
+        let key = ObjectKey::parse("p/abc").unwrap();
+        let old = Signer::new(vec![8u8; 32], Vec::new());
+        let old_sig = old.sign(PresignMethod::Get, &key, 1000).unwrap();
+        let rotated = Signer::new(vec![7u8; 32], vec![vec![9u8; 32], vec![8u8; 32]]);
+        assert_eq!(
+            rotated
+                .verify(&key, &query("GET", "1000", &old_sig), 0)
+                .unwrap(),
+            PresignMethod::Get
+        );
+        // The previous secret keeps binding key, method and expiry.
+        for q in [
+            query("PUT", "1000", &old_sig),
+            query("GET", "1001", &old_sig),
+        ] {
+            assert_eq!(
+                reason(rotated.verify(&key, &q, 0).unwrap_err()),
+                "signature mismatch"
+            );
+        }
+        // And expiry still applies to URLs of a previous secret.
+        assert_eq!(
+            reason(
+                rotated
+                    .verify(&key, &query("GET", "1000", &old_sig), 1000)
+                    .unwrap_err()
+            ),
+            "url expired"
+        );
+        // New URLs are signed with the current secret: what a signer without rotation makes.
+        let new_sig = rotated.sign(PresignMethod::Get, &key, 1000).unwrap();
+        assert_eq!(
+            new_sig,
+            signer().sign(PresignMethod::Get, &key, 1000).unwrap()
+        );
+        assert_ne!(new_sig, old_sig);
+        // A signer that does not know the old secret refuses its URLs.
+        assert_eq!(
+            reason(
+                signer()
+                    .verify(&key, &query("GET", "1000", &old_sig), 0)
+                    .unwrap_err()
+            ),
+            "signature mismatch"
+        );
     }
 
     #[test]
@@ -284,5 +350,7 @@ mod tests {
     #[test]
     fn debug_does_not_show_the_secret() {
         assert_eq!(format!("{:?}", signer()), "Signer(<redacted>)");
+        let rotated = Signer::new(vec![7u8; 32], vec![vec![8u8; 32]]);
+        assert_eq!(format!("{rotated:#?}"), "Signer(<redacted>)");
     }
 }

@@ -21,6 +21,7 @@ async fn the_local_store_meets_the_storage_contract() {
             key_prefix: "results/".to_string(),
             public_base: Url::parse(&format!("http://{addr}/base/__storage__/")).unwrap(),
             secret: b"0123456789abcdef0123456789abcdef".to_vec(),
+            previous_secrets: Vec::new(),
             max_object_bytes: 1 << 20,
         })
         .unwrap(),

@@ -67,6 +67,7 @@ async fn harness(max_object_bytes: u64) -> Harness {
             key_prefix: "results/".to_string(),
             public_base: Url::parse(&format!("http://{addr}{MOUNT}/")).unwrap(),
             secret: b"0123456789abcdef0123456789abcdef".to_vec(),
+            previous_secrets: Vec::new(),
             max_object_bytes,
         })
         .unwrap(),

@@ -455,6 +455,7 @@ async fn serve_store(a: StoreArgs) -> Result<(), BoxError> {
         key_prefix: "bench/".into(),
         public_base: format!("{origin}/__storage__/").parse()?,
         secret: rand::random::<[u8; 32]>().to_vec(),
+        previous_secrets: Vec::new(),
         max_object_bytes: a.size.max(1),
     })?);
     let router = axum::Router::new().nest("/__storage__", store.clone().router());
