@@ -9,7 +9,9 @@ use clap::Args;
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::server::auth::{AuthChain, Authenticator, BearerTokens};
+use crate::server::auth::{
+    AuthChain, Authenticator, BearerTokens, JwtAuthenticator, JwtConfig, OAuthResourceMetadata,
+};
 use crate::server::authz::AuthzPolicy;
 
 /// An authentication scheme `SPILLWAY_AUTH` can name.
@@ -122,8 +124,13 @@ impl SecurityArgs {
     }
 
     /// The authenticator these settings describe (`None`: anonymous access), checking that
-    /// each scheme has what it needs.
-    pub async fn authenticator(&self) -> Result<Option<Arc<dyn Authenticator>>> {
+    /// each scheme has what it needs. `public_url` and `prefix` locate the server for the JWT
+    /// challenge (`resource_metadata`).
+    pub async fn authenticator(
+        &self,
+        public_url: &Url,
+        prefix: &str,
+    ) -> Result<Option<Arc<dyn Authenticator>>> {
         let mut members: Vec<Arc<dyn Authenticator>> = Vec::new();
         let mut seen = Vec::new();
         for mode in &self.auth {
@@ -139,9 +146,24 @@ impl SecurityArgs {
                     members.push(Arc::new(BearerTokens::from_file(path).await?));
                 }
                 AuthMode::Jwt => {
-                    return Err(Error::Config(
-                        "SPILLWAY_AUTH=jwt is not available in this build".into(),
-                    ));
+                    let mut config = self.jwt_config()?;
+                    config.resource_metadata_url = self
+                        .oauth_resource_metadata(public_url, prefix)?
+                        .map(|m| m.well_known_url(prefix));
+                    members.push(Arc::new(JwtAuthenticator::new(config)?));
+                }
+            }
+        }
+        if !seen.contains(&AuthMode::Jwt) {
+            for (set, name) in [
+                (self.auth_jwks_url.is_some(), "SPILLWAY_AUTH_JWKS_URL"),
+                (self.auth_issuer.is_some(), "SPILLWAY_AUTH_ISSUER"),
+                (!self.auth_audience.is_empty(), "SPILLWAY_AUTH_AUDIENCE"),
+            ] {
+                if set {
+                    return Err(Error::Config(format!(
+                        "{name} is set but SPILLWAY_AUTH does not include jwt"
+                    )));
                 }
             }
         }
@@ -155,6 +177,65 @@ impl SecurityArgs {
             1 => members.pop(),
             _ => Some(Arc::new(AuthChain::new(members))),
         })
+    }
+
+    /// The JWT settings (`SPILLWAY_AUTH=jwt`), each required one checked.
+    pub fn jwt_config(&self) -> Result<JwtConfig> {
+        let need = |name: &str| Error::Config(format!("SPILLWAY_AUTH=jwt needs {name}"));
+        let jwks_url = self
+            .auth_jwks_url
+            .clone()
+            .ok_or_else(|| need("SPILLWAY_AUTH_JWKS_URL"))?;
+        let issuer = self
+            .auth_issuer
+            .as_deref()
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| need("SPILLWAY_AUTH_ISSUER"))?;
+        let audiences: Vec<String> = self
+            .auth_audience
+            .iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if audiences.is_empty() {
+            return Err(need("SPILLWAY_AUTH_AUDIENCE"));
+        }
+        let claim = self.auth_principal_claim.trim();
+        if claim.is_empty() {
+            return Err(Error::Config(
+                "SPILLWAY_AUTH_PRINCIPAL_CLAIM must not be empty".into(),
+            ));
+        }
+        let leeway = std::time::Duration::from_secs(self.auth_leeway);
+        if leeway > crate::server::auth::jwt::MAX_LEEWAY {
+            return Err(Error::Config(format!(
+                "SPILLWAY_AUTH_LEEWAY must be at most {} seconds",
+                crate::server::auth::jwt::MAX_LEEWAY.as_secs()
+            )));
+        }
+        let mut config = JwtConfig::new(jwks_url, issuer, audiences);
+        config.principal_claim = claim.to_string();
+        config.leeway = leeway;
+        Ok(config)
+    }
+
+    /// The protected-resource metadata to serve when JWT authentication is on: the resource
+    /// is the server's public URL with its prefix, the authorization server the issuer.
+    pub fn oauth_resource_metadata(
+        &self,
+        public_url: &Url,
+        prefix: &str,
+    ) -> Result<Option<OAuthResourceMetadata>> {
+        if !self.auth.contains(&AuthMode::Jwt) {
+            return Ok(None);
+        }
+        let issuer = self.jwt_config()?.issuer;
+        OAuthResourceMetadata::new(
+            OAuthResourceMetadata::resource_url(public_url, prefix),
+            vec![issuer],
+        )
+        .map(Some)
     }
 
     /// The authorization policy, if one is configured.
