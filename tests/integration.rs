@@ -10,6 +10,7 @@ mod cli;
 mod e2e;
 mod fetch_cli;
 mod fetch_faults;
+mod jwt_auth;
 mod ops;
 mod reflection;
 mod server_api;

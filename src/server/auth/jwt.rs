@@ -260,7 +260,7 @@ impl JwtAuthenticator {
             .force_refresh()
             .await
             .map(|k| k.len())
-            .map_err(|u| Error::Config(format!("jwt: {}", u.detail)))
+            .map_err(|detail| Error::Http(format!("jwt: {detail}")))
     }
 
     /// Verifies one token and builds the caller's context.

@@ -398,16 +398,21 @@ impl Jwks {
             // Another request refreshed while this one waited: use its outcome.
             return keys.ok_or_else(|| self.unreachable("the jwks endpoint is unreachable"));
         }
-        self.refresh_locked().await
+        // A failed refresh still leaves the last good keys, if any, to verify with.
+        let _ = self.refresh_locked().await;
+        self.snapshot(|s| s.keys.clone())
+            .ok_or_else(|| self.unreachable("the jwks endpoint is unreachable"))
     }
 
-    /// Fetches now, whatever the cache and the rate limit say (an operator's request).
-    pub(super) async fn force_refresh(&self) -> Result<Arc<KeySet>, Unreachable> {
+    /// Fetches now, whatever the cache and the rate limit say (an operator's request): the
+    /// new set, or why the fetch failed (the keys loaded before then stay in use).
+    pub(super) async fn force_refresh(&self) -> Result<Arc<KeySet>, String> {
         let _fetching = self.fetching.lock().await;
         self.refresh_locked().await
     }
 
-    async fn refresh_locked(&self) -> Result<Arc<KeySet>, Unreachable> {
+    /// Fetches and records the outcome; the caller holds `fetching`.
+    async fn refresh_locked(&self) -> Result<Arc<KeySet>, String> {
         let outcome = self.fetch().await;
         let now = Instant::now();
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
@@ -420,6 +425,10 @@ impl Jwks {
                     "jwks refreshed"
                 );
                 state.record(now, Some((keys, ttl)));
+                state
+                    .keys
+                    .clone()
+                    .ok_or_else(|| "the jwks was not recorded".to_string())
             }
             Err(detail) => {
                 state.record(now, None);
@@ -436,12 +445,9 @@ impl Jwks {
                         "jwks fetch failed and no key is cached: jwt callers get 503"
                     );
                 }
+                Err(detail)
             }
         }
-        state
-            .keys
-            .clone()
-            .ok_or_else(|| self.unreachable("the jwks endpoint is unreachable"))
     }
 
     fn unreachable(&self, detail: &str) -> Unreachable {
