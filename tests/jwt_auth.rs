@@ -113,6 +113,8 @@ struct IssuerState {
     keys: Vec<Value>,
     status: StatusCode,
     hits: usize,
+    /// The bearer token the endpoint wants, if any (as the Kubernetes API server does).
+    required_token: Option<String>,
 }
 
 /// A JWKS endpoint on 127.0.0.1, stopped when dropped.
@@ -128,9 +130,20 @@ impl Drop for Jwks {
     }
 }
 
-async fn serve_jwks(State(st): State<Arc<Mutex<IssuerState>>>) -> axum::response::Response {
+async fn serve_jwks(
+    State(st): State<Arc<Mutex<IssuerState>>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
     let mut st = st.lock().unwrap();
     st.hits += 1;
+    if let Some(token) = &st.required_token {
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if sent != Some(format!("Bearer {token}").as_str()) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+    }
     (
         st.status,
         [
@@ -143,15 +156,74 @@ async fn serve_jwks(State(st): State<Arc<Mutex<IssuerState>>>) -> axum::response
 }
 
 impl Jwks {
-    async fn start(keys: &[&TestKey]) -> Jwks {
-        let state = Arc::new(Mutex::new(IssuerState {
+    fn state(keys: &[&TestKey]) -> Arc<Mutex<IssuerState>> {
+        Arc::new(Mutex::new(IssuerState {
             keys: keys.iter().map(|k| k.jwk.clone()).collect(),
             status: StatusCode::OK,
             hits: 0,
-        }));
-        let app = axum::Router::new()
+            required_token: None,
+        }))
+    }
+
+    fn app(state: &Arc<Mutex<IssuerState>>) -> axum::Router {
+        axum::Router::new()
             .route("/jwks", axum::routing::get(serve_jwks))
-            .with_state(state.clone());
+            .with_state(state.clone())
+    }
+
+    /// Over HTTPS with a certificate of a CA made here (returned as PEM), wanting `token`.
+    async fn start_tls(keys: &[&TestKey], token: &str) -> (Jwks, String) {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let state = Self::state(keys);
+        state.lock().unwrap().required_token = Some(token.to_string());
+        let app = Self::app(&state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/jwks", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(stream),
+                        hyper_util::service::TowerToHyperService::new(app),
+                    )
+                    .await;
+                });
+            }
+        });
+        (Jwks { url, state, task }, ca.pem())
+    }
+
+    async fn start(keys: &[&TestKey]) -> Jwks {
+        let state = Self::state(keys);
+        let app = Self::app(&state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/jwks", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
@@ -741,4 +813,50 @@ async fn tokens_never_reach_the_log() {
         let v = key.jwk[coord].as_str().unwrap();
         assert!(!all.contains(v), "key material reached the log");
     }
+}
+
+/// Kubernetes in-cluster: the JWKS over HTTPS with the cluster's CA, wanting the pod's own
+/// token. With both the JWT works; without the token (the JWKS answers 401) or without the
+/// CA (TLS refuses), no key can be had: 503.
+#[tokio::test]
+async fn the_jwks_is_fetched_over_https_with_a_ca_and_a_token() {
+    let key = TestKey::es256("k8s-key");
+    let reader = "jwks-reader-token-0123456789";
+    let (jwks, ca_pem) = Jwks::start_tls(&[&key], reader).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, token_file) = (dir.path().join("ca.crt"), dir.path().join("token"));
+    std::fs::write(&ca, ca_pem).unwrap();
+    std::fs::write(&token_file, format!("{reader}\n")).unwrap();
+    let (ca, token_file) = (ca.to_str().unwrap(), token_file.to_str().unwrap());
+    let base = [
+        "--auth",
+        "jwt",
+        "--auth-jwks-url",
+        &jwks.url,
+        "--auth-issuer",
+        ISSUER,
+        "--auth-audience",
+        AUDIENCE,
+    ];
+    let token = key.sign(&claims("system:serviceaccount:jobs:loader"));
+    let start = |extra: &[&str]| {
+        let mut flags: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        TestServer::start_with(flags, &[])
+    };
+    let s = start(&["--auth-jwks-ca", ca, "--auth-jwks-token-file", token_file]).await;
+    assert_eq!(call(&s.base, Some(&token)).await.status(), StatusCode::OK);
+    let hits = jwks.hits();
+    let s = start(&["--auth-jwks-ca", ca]).await;
+    assert_eq!(
+        call(&s.base, Some(&token)).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(jwks.hits(), hits + 1, "asked without the token");
+    let s = start(&["--auth-jwks-token-file", token_file]).await;
+    assert_eq!(
+        call(&s.base, Some(&token)).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(jwks.hits(), hits + 1, "TLS must fail before any request");
 }

@@ -38,6 +38,14 @@ pub struct SecurityArgs {
     /// `https://issuer.example/.well-known/jwks.json`.
     #[arg(long, env = "SPILLWAY_AUTH_JWKS_URL")]
     pub auth_jwks_url: Option<Url>,
+    /// PEM CA bundle trusted, alone, for fetching the JWKS (in Kubernetes:
+    /// `/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`).
+    #[arg(long, env = "SPILLWAY_AUTH_JWKS_CA")]
+    pub auth_jwks_ca: Option<PathBuf>,
+    /// File holding a bearer token sent when fetching the JWKS, re-read at each fetch (in
+    /// Kubernetes: the pod's service-account token, for the API server's `/openid/v1/jwks`).
+    #[arg(long, env = "SPILLWAY_AUTH_JWKS_TOKEN_FILE")]
+    pub auth_jwks_token_file: Option<PathBuf>,
     /// Required `iss` of JWTs.
     #[arg(long, env = "SPILLWAY_AUTH_ISSUER")]
     pub auth_issuer: Option<String>,
@@ -80,6 +88,8 @@ impl fmt::Debug for SecurityArgs {
             auth,
             auth_tokens_file,
             auth_jwks_url,
+            auth_jwks_ca,
+            auth_jwks_token_file,
             auth_issuer,
             auth_audience,
             auth_principal_claim,
@@ -100,6 +110,8 @@ impl fmt::Debug for SecurityArgs {
                     .as_ref()
                     .map(|u| spillway_storage::redact_url(u.as_str())),
             )
+            .field("auth_jwks_ca", auth_jwks_ca)
+            .field("auth_jwks_token_file", auth_jwks_token_file)
             .field("auth_issuer", auth_issuer)
             .field("auth_audience", auth_audience)
             .field("auth_principal_claim", auth_principal_claim)
@@ -147,6 +159,12 @@ impl SecurityArgs {
                 }
                 AuthMode::Jwt => {
                     let mut config = self.jwt_config()?;
+                    if let Some(path) = &self.auth_jwks_ca {
+                        config.jwks_ca_pem = Some(tokio::fs::read(path).await.map_err(|e| {
+                            Error::Config(format!("SPILLWAY_AUTH_JWKS_CA {}: {e}", path.display()))
+                        })?);
+                    }
+                    config.jwks_token_file = self.auth_jwks_token_file.clone();
                     config.resource_metadata_url = self
                         .oauth_resource_metadata(public_url, prefix)?
                         .map(|m| m.well_known_url(prefix));
@@ -159,6 +177,11 @@ impl SecurityArgs {
                 (self.auth_jwks_url.is_some(), "SPILLWAY_AUTH_JWKS_URL"),
                 (self.auth_issuer.is_some(), "SPILLWAY_AUTH_ISSUER"),
                 (!self.auth_audience.is_empty(), "SPILLWAY_AUTH_AUDIENCE"),
+                (self.auth_jwks_ca.is_some(), "SPILLWAY_AUTH_JWKS_CA"),
+                (
+                    self.auth_jwks_token_file.is_some(),
+                    "SPILLWAY_AUTH_JWKS_TOKEN_FILE",
+                ),
             ] {
                 if set {
                     return Err(Error::Config(format!(

@@ -18,6 +18,7 @@
 mod jwks;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -77,6 +78,12 @@ pub struct JwtConfig {
     /// Least time between two JWKS requests caused by unknown `kid`s or by failures (default
     /// 10 s): a flood of tokens with random `kid`s costs the issuer one request per interval.
     pub min_refresh_interval: Duration,
+    /// PEM CA bundle that alone is trusted for the JWKS fetch (e.g. the Kubernetes API
+    /// server's `ca.crt`); `None`: the system's roots.
+    pub jwks_ca_pem: Option<Vec<u8>>,
+    /// A file holding a bearer token sent with each JWKS request (re-read every time, as
+    /// projected Kubernetes tokens rotate): the API server's `/openid/v1/jwks` wants one.
+    pub jwks_token_file: Option<PathBuf>,
 }
 
 impl JwtConfig {
@@ -98,6 +105,8 @@ impl JwtConfig {
             min_cache_ttl: Duration::from_secs(30),
             max_cache_ttl: Duration::from_secs(3600),
             min_refresh_interval: Duration::from_secs(10),
+            jwks_ca_pem: None,
+            jwks_token_file: None,
         }
     }
 
@@ -153,6 +162,8 @@ impl fmt::Debug for JwtConfig {
             )
             .field("max_token_bytes", &self.max_token_bytes)
             .field("min_refresh_interval", &self.min_refresh_interval)
+            .field("jwks_ca_pem", &self.jwks_ca_pem.as_ref().map(Vec::len))
+            .field("jwks_token_file", &self.jwks_token_file)
             .finish_non_exhaustive()
     }
 }
@@ -220,11 +231,21 @@ impl JwtAuthenticator {
                 );
             }
         }
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .connect_timeout(config.fetch_timeout)
             .timeout(config.fetch_timeout)
             // A redirect could lead from https to http; the JWKS URL is configured exactly.
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = &config.jwks_ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    Error::Config("jwt: the jwks ca bundle holds no pem certificate".into())
+                })?;
+            client = client.tls_certs_only(certs);
+        }
+        let client = client
             .build()
             .map_err(|e| Error::Config(format!("jwt: cannot build the jwks http client: {e}")))?;
         let bounds = JwksBounds {
@@ -235,6 +256,7 @@ impl JwtAuthenticator {
             min_ttl: config.min_cache_ttl,
             max_ttl: config.max_cache_ttl,
             min_refresh_interval: config.min_refresh_interval,
+            token_file: config.jwks_token_file.clone(),
         };
         let challenge = match &config.resource_metadata_url {
             Some(url) => format!("Bearer resource_metadata=\"{url}\""),

@@ -35,6 +35,34 @@ pub(super) struct JwksBounds {
     pub(super) min_ttl: Duration,
     pub(super) max_ttl: Duration,
     pub(super) min_refresh_interval: Duration,
+    /// A bearer token for the JWKS request, re-read at each fetch.
+    pub(super) token_file: Option<std::path::PathBuf>,
+}
+
+/// The largest JWKS bearer token file read.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// The JWKS request's bearer token from `path` (the error names the file, never its content).
+async fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let shown = path.display();
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| format!("jwks token file {shown}: {e}"))?;
+    if meta.len() > MAX_TOKEN_FILE_BYTES {
+        return Err(format!(
+            "jwks token file {shown} is larger than {MAX_TOKEN_FILE_BYTES} bytes"
+        ));
+    }
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| format!("jwks token file {shown}: {e}"))?;
+    let token = text.trim();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "jwks token file {shown} is empty or holds characters a header cannot carry"
+        ));
+    }
+    Ok(token.to_string())
 }
 
 /// One verification key of the set.
@@ -460,19 +488,20 @@ impl Jwks {
     /// One GET of the JWKS: a usable, non-empty set and how long it is fresh.
     async fn fetch(&self) -> Result<(KeySet, Duration), String> {
         let shown = spillway_storage::redact_url(self.url.as_str());
-        let resp = self
+        let mut req = self
             .client
             .get(self.url.clone())
             .header(http::header::ACCEPT, "application/json")
-            .timeout(self.bounds.fetch_timeout)
-            .send()
-            .await
-            .map_err(|e| {
-                format!(
-                    "jwks request to {shown} failed: {}",
-                    spillway_storage::redact_text(&e.to_string())
-                )
-            })?;
+            .timeout(self.bounds.fetch_timeout);
+        if let Some(path) = &self.bounds.token_file {
+            req = req.bearer_auth(read_token(path).await?);
+        }
+        let resp = req.send().await.map_err(|e| {
+            format!(
+                "jwks request to {shown} failed: {}",
+                spillway_storage::redact_text(&e.to_string())
+            )
+        })?;
         let status = resp.status();
         if !status.is_success() {
             return Err(format!("jwks endpoint {shown} answered {status}"));
@@ -513,6 +542,7 @@ mod tests {
             min_ttl: Duration::from_secs(30),
             max_ttl: Duration::from_secs(3600),
             min_refresh_interval: Duration::from_secs(10),
+            token_file: None,
         }
     }
 
