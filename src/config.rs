@@ -340,8 +340,15 @@ impl ServeArgs {
         let mut server = Server::new(config)
             .with_protocol(demo)
             .with_reflection(self.reflection);
-        if let Some(authenticator) = self.security.authenticator().await? {
+        let public_url = self.public_url()?;
+        if let Some(authenticator) = self.security.authenticator(&public_url, &prefix).await? {
             server = server.with_authenticator(authenticator);
+        }
+        if let Some(metadata) = self
+            .security
+            .oauth_resource_metadata(&public_url, &prefix)?
+        {
+            server = server.with_oauth_resource_metadata(metadata);
         }
         if let Some(policy) = self.security.authorization()? {
             server = server.with_authorization(policy);

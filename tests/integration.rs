@@ -12,6 +12,7 @@ mod client_auth;
 mod e2e;
 mod fetch_cli;
 mod fetch_faults;
+mod jwt_auth;
 mod ops;
 mod reflection;
 mod server_api;

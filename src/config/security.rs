@@ -9,7 +9,9 @@ use clap::Args;
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::server::auth::{AuthChain, Authenticator, BearerTokens};
+use crate::server::auth::{
+    AuthChain, Authenticator, BearerTokens, JwtAuthenticator, JwtConfig, OAuthResourceMetadata,
+};
 use crate::server::authz::AuthzPolicy;
 
 /// An authentication scheme `SPILLWAY_AUTH` can name.
@@ -36,6 +38,14 @@ pub struct SecurityArgs {
     /// `https://issuer.example/.well-known/jwks.json`.
     #[arg(long, env = "SPILLWAY_AUTH_JWKS_URL")]
     pub auth_jwks_url: Option<Url>,
+    /// PEM CA bundle trusted, alone, for fetching the JWKS (in Kubernetes:
+    /// `/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`).
+    #[arg(long, env = "SPILLWAY_AUTH_JWKS_CA")]
+    pub auth_jwks_ca: Option<PathBuf>,
+    /// File holding a bearer token sent when fetching the JWKS, re-read at each fetch (in
+    /// Kubernetes: the pod's service-account token, for the API server's `/openid/v1/jwks`).
+    #[arg(long, env = "SPILLWAY_AUTH_JWKS_TOKEN_FILE")]
+    pub auth_jwks_token_file: Option<PathBuf>,
     /// Required `iss` of JWTs.
     #[arg(long, env = "SPILLWAY_AUTH_ISSUER")]
     pub auth_issuer: Option<String>,
@@ -78,6 +88,8 @@ impl fmt::Debug for SecurityArgs {
             auth,
             auth_tokens_file,
             auth_jwks_url,
+            auth_jwks_ca,
+            auth_jwks_token_file,
             auth_issuer,
             auth_audience,
             auth_principal_claim,
@@ -98,6 +110,8 @@ impl fmt::Debug for SecurityArgs {
                     .as_ref()
                     .map(|u| spillway_storage::redact_url(u.as_str())),
             )
+            .field("auth_jwks_ca", auth_jwks_ca)
+            .field("auth_jwks_token_file", auth_jwks_token_file)
             .field("auth_issuer", auth_issuer)
             .field("auth_audience", auth_audience)
             .field("auth_principal_claim", auth_principal_claim)
@@ -122,8 +136,13 @@ impl SecurityArgs {
     }
 
     /// The authenticator these settings describe (`None`: anonymous access), checking that
-    /// each scheme has what it needs.
-    pub async fn authenticator(&self) -> Result<Option<Arc<dyn Authenticator>>> {
+    /// each scheme has what it needs. `public_url` and `prefix` locate the server for the JWT
+    /// challenge (`resource_metadata`).
+    pub async fn authenticator(
+        &self,
+        public_url: &Url,
+        prefix: &str,
+    ) -> Result<Option<Arc<dyn Authenticator>>> {
         let mut members: Vec<Arc<dyn Authenticator>> = Vec::new();
         let mut seen = Vec::new();
         for mode in &self.auth {
@@ -139,9 +158,35 @@ impl SecurityArgs {
                     members.push(Arc::new(BearerTokens::from_file(path).await?));
                 }
                 AuthMode::Jwt => {
-                    return Err(Error::Config(
-                        "SPILLWAY_AUTH=jwt is not available in this build".into(),
-                    ));
+                    let mut config = self.jwt_config()?;
+                    if let Some(path) = &self.auth_jwks_ca {
+                        config.jwks_ca_pem = Some(tokio::fs::read(path).await.map_err(|e| {
+                            Error::Config(format!("SPILLWAY_AUTH_JWKS_CA {}: {e}", path.display()))
+                        })?);
+                    }
+                    config.jwks_token_file = self.auth_jwks_token_file.clone();
+                    config.resource_metadata_url = self
+                        .oauth_resource_metadata(public_url, prefix)?
+                        .map(|m| m.well_known_url(prefix));
+                    members.push(Arc::new(JwtAuthenticator::new(config)?));
+                }
+            }
+        }
+        if !seen.contains(&AuthMode::Jwt) {
+            for (set, name) in [
+                (self.auth_jwks_url.is_some(), "SPILLWAY_AUTH_JWKS_URL"),
+                (self.auth_issuer.is_some(), "SPILLWAY_AUTH_ISSUER"),
+                (!self.auth_audience.is_empty(), "SPILLWAY_AUTH_AUDIENCE"),
+                (self.auth_jwks_ca.is_some(), "SPILLWAY_AUTH_JWKS_CA"),
+                (
+                    self.auth_jwks_token_file.is_some(),
+                    "SPILLWAY_AUTH_JWKS_TOKEN_FILE",
+                ),
+            ] {
+                if set {
+                    return Err(Error::Config(format!(
+                        "{name} is set but SPILLWAY_AUTH does not include jwt"
+                    )));
                 }
             }
         }
@@ -155,6 +200,65 @@ impl SecurityArgs {
             1 => members.pop(),
             _ => Some(Arc::new(AuthChain::new(members))),
         })
+    }
+
+    /// The JWT settings (`SPILLWAY_AUTH=jwt`), each required one checked.
+    pub fn jwt_config(&self) -> Result<JwtConfig> {
+        let need = |name: &str| Error::Config(format!("SPILLWAY_AUTH=jwt needs {name}"));
+        let jwks_url = self
+            .auth_jwks_url
+            .clone()
+            .ok_or_else(|| need("SPILLWAY_AUTH_JWKS_URL"))?;
+        let issuer = self
+            .auth_issuer
+            .as_deref()
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| need("SPILLWAY_AUTH_ISSUER"))?;
+        let audiences: Vec<String> = self
+            .auth_audience
+            .iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if audiences.is_empty() {
+            return Err(need("SPILLWAY_AUTH_AUDIENCE"));
+        }
+        let claim = self.auth_principal_claim.trim();
+        if claim.is_empty() {
+            return Err(Error::Config(
+                "SPILLWAY_AUTH_PRINCIPAL_CLAIM must not be empty".into(),
+            ));
+        }
+        let leeway = std::time::Duration::from_secs(self.auth_leeway);
+        if leeway > crate::server::auth::jwt::MAX_LEEWAY {
+            return Err(Error::Config(format!(
+                "SPILLWAY_AUTH_LEEWAY must be at most {} seconds",
+                crate::server::auth::jwt::MAX_LEEWAY.as_secs()
+            )));
+        }
+        let mut config = JwtConfig::new(jwks_url, issuer, audiences);
+        config.principal_claim = claim.to_string();
+        config.leeway = leeway;
+        Ok(config)
+    }
+
+    /// The protected-resource metadata to serve when JWT authentication is on: the resource
+    /// is the server's public URL with its prefix, the authorization server the issuer.
+    pub fn oauth_resource_metadata(
+        &self,
+        public_url: &Url,
+        prefix: &str,
+    ) -> Result<Option<OAuthResourceMetadata>> {
+        if !self.auth.contains(&AuthMode::Jwt) {
+            return Ok(None);
+        }
+        let issuer = self.jwt_config()?.issuer;
+        OAuthResourceMetadata::new(
+            OAuthResourceMetadata::resource_url(public_url, prefix),
+            vec![issuer],
+        )
+        .map(Some)
     }
 
     /// The authorization policy, if one is configured.

@@ -70,6 +70,7 @@ pub struct Server {
     reflection: bool,
     auth: Option<Arc<dyn auth::Authenticator>>,
     authz: Option<Arc<authz::AuthzPolicy>>,
+    oauth: Option<auth::OAuthResourceMetadata>,
 }
 
 impl Server {
@@ -83,7 +84,17 @@ impl Server {
             reflection: false,
             auth: None,
             authz: None,
+            oauth: None,
         }
+    }
+
+    /// Serves RFC 9728 protected-resource metadata at
+    /// `/.well-known/oauth-protected-resource{prefix}` (and without the prefix), at the root
+    /// and without authentication, as the reference does: clients that log in through OAuth
+    /// find the issuer there.
+    pub fn with_oauth_resource_metadata(mut self, metadata: auth::OAuthResourceMetadata) -> Self {
+        self.oauth = Some(metadata);
+        self
     }
 
     /// Requires every RPC request to be vouched for by `authenticator` (401 otherwise).
@@ -259,6 +270,9 @@ impl Server {
             ));
         }
         let mut app = app.merge(ops::probes().merge(metrics).with_state(state.clone()));
+        if let Some(metadata) = &self.oauth {
+            app = app.merge(auth::oauth_routes(metadata, &prefix));
+        }
         if !state.config.cors_origins.is_empty() {
             // Outermost: a preflight is answered before routing, authentication or stamping.
             app = cors::wrap(app, &state.config.cors_origins);

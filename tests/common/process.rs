@@ -26,11 +26,22 @@ pub(crate) fn free_port() -> u16 {
 /// # Panics
 /// When the line does not come within 30 s (the process is killed first).
 pub(crate) fn spawn_and_wait(cmd: &mut Command) -> Child {
+    spawn_and_wait_logged(cmd, None)
+}
+
+/// Every line a process wrote to stderr so far (see [`ServedBinary::start_logged`]).
+pub(crate) type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// As [`spawn_and_wait`], keeping every stderr line in `keep` when given.
+pub(crate) fn spawn_and_wait_logged(cmd: &mut Command, keep: Option<LogLines>) -> Child {
     let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(keep) = &keep {
+                keep.lock().unwrap().push(line.clone());
+            }
             let _ = tx.send(line);
         }
     });
@@ -69,6 +80,17 @@ impl ServedBinary {
     /// object directory (so parallel tests do not share one) and `env`; nothing inherited
     /// but `PATH`.
     pub(crate) fn start(env: &[(&str, &str)]) -> ServedBinary {
+        Self::start_inner(env, None)
+    }
+
+    /// As [`ServedBinary::start`], keeping everything the server logs to stderr (for tests
+    /// that check what reaches the log).
+    pub(crate) fn start_logged(env: &[(&str, &str)]) -> (ServedBinary, LogLines) {
+        let lines = LogLines::default();
+        (Self::start_inner(env, Some(lines.clone())), lines)
+    }
+
+    fn start_inner(env: &[(&str, &str)], keep: Option<LogLines>) -> ServedBinary {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(BIN);
@@ -82,7 +104,7 @@ impl ServedBinary {
             cmd.env(k, v);
         }
         ServedBinary {
-            child: spawn_and_wait(&mut cmd),
+            child: spawn_and_wait_logged(&mut cmd, keep),
             url: format!("http://127.0.0.1:{port}"),
             _dir: dir,
         }

@@ -39,6 +39,8 @@
 
 mod bearer;
 mod gate;
+pub mod jwt;
+mod oauth;
 
 use std::fmt;
 use std::sync::Arc;
@@ -51,6 +53,9 @@ pub use bearer::{BearerTokens, MIN_TOKEN_LEN};
 pub(crate) use gate::authenticate;
 pub use gate::unauthorized;
 pub use gate::unauthorized_response;
+pub use jwt::{JwtAuthenticator, JwtConfig};
+pub(crate) use oauth::routes as oauth_routes;
+pub use oauth::OAuthResourceMetadata;
 
 /// Who is calling: the scheme that vouched for them, their identity and their claims.
 ///
