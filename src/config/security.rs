@@ -9,8 +9,9 @@ use clap::Args;
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::server::auth::{AuthChain, Authenticator, BearerTokens};
+use crate::server::auth::{AuthChain, Authenticator, BearerTokens, ClientCertificates};
 use crate::server::authz::AuthzPolicy;
+use crate::server::tls::{ServerTls, TlsConfig};
 
 /// An authentication scheme `SPILLWAY_AUTH` can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -145,6 +146,10 @@ impl SecurityArgs {
                 }
             }
         }
+        // Last: a credential the request carries explicitly is looked at first.
+        if self.tls_client_ca.is_some() {
+            members.push(Arc::new(ClientCertificates::new()));
+        }
         if !seen.contains(&AuthMode::Bearer) && self.auth_tokens_file.is_some() {
             return Err(Error::Config(
                 "SPILLWAY_AUTH_TOKENS_FILE is set but SPILLWAY_AUTH does not include bearer".into(),
@@ -155,6 +160,23 @@ impl SecurityArgs {
             1 => members.pop(),
             _ => Some(Arc::new(AuthChain::new(members))),
         })
+    }
+
+    /// The TLS setup of the main listener (`None`: plain HTTP), loaded and checked.
+    pub async fn tls(&self) -> Result<Option<ServerTls>> {
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) if self.tls_client_ca.is_none() => return Ok(None),
+            _ => {
+                return Err(Error::Config(
+                    "TLS needs both SPILLWAY_TLS_CERT and SPILLWAY_TLS_KEY (and SPILLWAY_TLS_CLIENT_CA needs them)"
+                        .into(),
+                ))
+            }
+        };
+        let mut config = TlsConfig::new(cert, key);
+        config.client_ca = self.tls_client_ca.clone();
+        ServerTls::load(config).await.map(Some)
     }
 
     /// The authorization policy, if one is configured.

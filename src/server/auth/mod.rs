@@ -39,6 +39,7 @@
 
 mod bearer;
 mod gate;
+pub mod mtls;
 
 use std::fmt;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub use bearer::{BearerTokens, MIN_TOKEN_LEN};
 pub(crate) use gate::authenticate;
 pub use gate::unauthorized;
 pub use gate::unauthorized_response;
+pub use mtls::ClientCertificates;
 
 /// Who is calling: the scheme that vouched for them, their identity and their claims.
 ///

@@ -1,0 +1,213 @@
+//! The serve loop: accepts TCP connections, terminates TLS when configured, and serves the
+//! router over HTTP/1.1 and HTTP/2 (hyper-util's auto builder: by ALPN under TLS, by the
+//! connection preface in the clear), until a shutdown signal, after which in-flight requests
+//! finish.
+//!
+//! `spillway serve` runs its main and admin listeners through [`serve`]; a service built on
+//! the library can too (or mount [`Server::router`](super::Server::router) in its own server,
+//! which then has no [`PeerCertificate`]). Connection-level policy lives here and only here:
+//! the TLS handshake and its timeout, the request extensions every request gets
+//! ([`ConnectInfo`] with the peer address, and the [`PeerCertificate`] when the client
+//! presented one).
+//!
+//! ```no_run
+//! # async fn run() -> spillway::Result<()> {
+//! use spillway::server::listener::{serve, ServeOptions};
+//! use spillway::server::tls::{ServerTls, TlsConfig};
+//! use spillway::server::{Server, ServerConfig};
+//! let app = Server::new(ServerConfig::default()).try_router()?;
+//! let tls = ServerTls::load(TlsConfig::new("/etc/tls/tls.crt", "/etc/tls/tls.key")).await?;
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:8443").await?;
+//! let shutdown = async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! };
+//! serve(listener, app, ServeOptions::default().with_tls(tls), shutdown).await
+//! # }
+//! ```
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use super::tls::{PeerCertificate, ServerTls};
+use crate::error::Result;
+
+/// How long accepting pauses after an error that is not about one connection (e.g. out of
+/// file descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How [`serve`] serves connections.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Serve HTTPS with this TLS setup; `None`: plain HTTP.
+    pub tls: Option<ServerTls>,
+}
+
+impl ServeOptions {
+    /// Serve HTTPS with `tls`.
+    pub fn with_tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets every
+/// connection finish its in-flight requests (HTTP/1.1 closes after the current response,
+/// HTTP/2 sends GOAWAY), and returns when the last one has closed. Bound the wait with a
+/// timeout around this future.
+///
+/// A connection's failures (a TLS handshake that fails or times out, a peer that sends
+/// garbage or resets) are logged at debug and end that connection only; with TLS, the
+/// certificate files are watched for changes while this runs.
+pub async fn serve<F>(
+    listener: TcpListener,
+    app: Router,
+    options: ServeOptions,
+    shutdown: F,
+) -> Result<()>
+where
+    F: Future<Output = ()> + Send,
+{
+    // `stop` tells connections to wind down; each holds a `closed` receiver, and the loop
+    // waits for the last one to be dropped.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (closed_tx, closed_rx) = watch::channel(());
+    let _reloader = options.tls.as_ref().map(ServerTls::spawn_reloader);
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "accepting a connection failed; pausing");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Responses are written whole; Nagle would only delay their last segment.
+        let _ = tcp.set_nodelay(true);
+        let conn = Connection {
+            app: app.clone(),
+            builder: builder.clone(),
+            tls: options.tls.clone(),
+            remote,
+            stop: stop_rx.clone(),
+            _closed: closed_rx.clone(),
+        };
+        tokio::spawn(conn.run(tcp));
+    }
+    drop(listener);
+    drop(closed_rx);
+    let _ = stop_tx.send(true);
+    closed_tx.closed().await;
+    Ok(())
+}
+
+/// Errors that concern the one connection being accepted, not the listener.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// One accepted connection and what it needs to be served.
+struct Connection {
+    app: Router,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<ServerTls>,
+    remote: SocketAddr,
+    stop: watch::Receiver<bool>,
+    /// Dropped when the connection is done: the serve loop waits for all of these.
+    _closed: watch::Receiver<()>,
+}
+
+impl Connection {
+    async fn run(mut self, tcp: TcpStream) {
+        let Some(tls) = self.tls.clone() else {
+            self.serve_http(tcp, None).await;
+            return;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let timeout = tls.config().handshake_timeout;
+        let remote = self.remote;
+        let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp));
+        let stream = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    metrics::counter!("spillway_tls_handshake_failures_total", "reason" => "error")
+                        .increment(1);
+                    tracing::debug!(%remote, error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!("spillway_tls_handshake_failures_total", "reason" => "timeout")
+                        .increment(1);
+                    tracing::debug!(%remote, timeout_ms = timeout.as_millis() as u64, "tls handshake timed out");
+                    return;
+                }
+            },
+            // Shutting down: a connection that has sent no request yet has nothing to finish.
+            _ = self.stop.wait_for(|stop| *stop) => return,
+        };
+        let peer = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| PeerCertificate::new(chain.to_vec()));
+        self.serve_http(stream, peer).await;
+    }
+
+    async fn serve_http<I>(mut self, io: I, peer: Option<PeerCertificate>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = self.app.clone();
+        let remote = self.remote;
+        let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+            let extensions = req.extensions_mut();
+            extensions.insert(ConnectInfo(remote));
+            if let Some(peer) = &peer {
+                extensions.insert(peer.clone());
+            }
+            app.clone().oneshot(req)
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        let mut conn = std::pin::pin!(conn);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = self.stop.wait_for(|stop| *stop), if !stopping => {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
