@@ -56,7 +56,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     let options = ServeOptions { tls };
     let server = listener::serve(listener, app, options, stopped(stop_rx.clone()));
-    let mut server = tokio::spawn(async move { server.await });
+    let mut server = tokio::spawn(server);
     tokio::select! {
         r = &mut server => {
             return match r {

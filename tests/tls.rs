@@ -415,3 +415,109 @@ async fn local_store_urls_are_https_and_downloadable() {
     let got = anonymous.get(&download).send().await.unwrap();
     assert_eq!(got.bytes().await.unwrap(), "payload");
 }
+
+/// `spillway serve` arguments as the CLI parses them.
+fn serve_args(flags: &[&str]) -> spillway::config::ServeArgs {
+    use clap::Parser;
+    let argv = ["spillway", "serve", "--listen", "0.0.0.0:8443"];
+    let cli = spillway::cli::Cli::try_parse_from(argv.iter().chain(flags)).unwrap();
+    match cli.command {
+        spillway::cli::Command::Serve(args) => *args,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn the_default_public_url_is_https_with_a_certificate() {
+    let tls = [
+        "--tls-cert",
+        "/etc/tls/tls.crt",
+        "--tls-key",
+        "/etc/tls/tls.key",
+    ];
+    assert_eq!(
+        serve_args(&tls).public_url().unwrap().as_str(),
+        "https://127.0.0.1:8443/"
+    );
+    assert_eq!(
+        serve_args(&[]).public_url().unwrap().as_str(),
+        "http://127.0.0.1:8443/"
+    );
+    let mut explicit = tls.to_vec();
+    explicit.extend(["--public-url", "https://spillway.example/"]);
+    assert_eq!(
+        serve_args(&explicit).public_url().unwrap().as_str(),
+        "https://spillway.example/"
+    );
+}
+
+#[tokio::test]
+async fn a_client_ca_joins_the_authenticator_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "0123456789abcdef0123 alice\n").unwrap();
+    let tls = [
+        "--tls-cert",
+        "/etc/tls/tls.crt",
+        "--tls-key",
+        "/etc/tls/tls.key",
+        "--tls-client-ca",
+        "/etc/tls/ca.crt",
+    ];
+    let alone = serve_args(&tls).security;
+    assert!(alone.auth_enabled());
+    let auth = alone.authenticator().await.unwrap().unwrap();
+    assert_eq!(auth.name(), "mtls");
+    let mut both = tls.to_vec();
+    both.extend([
+        "--auth",
+        "bearer",
+        "--auth-tokens-file",
+        tokens.to_str().unwrap(),
+    ]);
+    let auth = serve_args(&both)
+        .security
+        .authenticator()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(auth.name(), "bearer,mtls");
+    assert!(serve_args(&tls[..4])
+        .security
+        .authenticator()
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn tls_files_that_do_not_load_stop_the_server_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("CA");
+    let (cert, _) = ca.server("s").write(dir.path(), "server");
+    let (_, other_key) = ca.server("t").write(dir.path(), "other");
+    let args = serve_args(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        other_key.to_str().unwrap(),
+    ]);
+    let err = args.security.tls().await.unwrap_err().to_string();
+    assert!(
+        err.contains("server.pem") && err.contains("other.key"),
+        "{err}"
+    );
+    // The binary refuses to start, saying why.
+    let out = std::process::Command::new(crate::common::BIN)
+        .arg("serve")
+        .env_clear()
+        .env("SPILLWAY_LISTEN", "127.0.0.1:0")
+        .env("SPILLWAY_LOCAL_DIR", dir.path())
+        .env("SPILLWAY_TLS_CERT", &cert)
+        .env("SPILLWAY_TLS_KEY", dir.path().join("absent.key"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("absent.key"), "{stderr}");
+}

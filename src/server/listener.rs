@@ -211,3 +211,169 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use axum::routing::get;
+    use axum::Extension;
+    use tokio::io::AsyncReadExt;
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::*;
+    use crate::server::tls::testing::Ca;
+    use crate::server::tls::TlsConfig;
+
+    /// Bound of every wait in these tests (a failure, not a synchronization).
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    struct Running {
+        port: u16,
+        stop: Option<oneshot::Sender<()>>,
+        done: tokio::task::JoinHandle<Result<()>>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn tls_for(
+        ca: &Ca,
+        client_ca: bool,
+        handshake: Duration,
+    ) -> (ServerTls, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ca.server("listener");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, &server.cert).unwrap();
+        std::fs::write(&key, &server.key).unwrap();
+        let mut config = TlsConfig::new(&cert, &key);
+        config.handshake_timeout = handshake;
+        if client_ca {
+            let path = dir.path().join("ca.pem");
+            std::fs::write(&path, &ca.pem).unwrap();
+            config = config.with_client_ca(path);
+        }
+        (ServerTls::load(config).await.unwrap(), dir)
+    }
+
+    async fn start(app: Router, tls: ServerTls, dir: tempfile::TempDir) -> Running {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let options = ServeOptions::default().with_tls(tls);
+        let done = tokio::spawn(serve(listener, app, options, async {
+            let _ = stopped.await;
+        }));
+        Running {
+            port,
+            stop: Some(stop),
+            done,
+            _dir: dir,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_dropped_at_the_handshake_timeout_and_others_are_served() {
+        let ca = Ca::new();
+        let (tls, dir) = tls_for(&ca, false, Duration::from_millis(200)).await;
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        let s = start(app, tls, dir).await;
+        let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(DEADLINE, silent.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the silent connection was not closed: {read:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        let resp = ca
+            .reqwest(None)
+            .get(format!("https://127.0.0.1:{}/", s.port))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.text().await.unwrap(), "ok");
+    }
+
+    #[tokio::test]
+    async fn handlers_see_the_peer_certificate_and_address() {
+        let ca = Ca::new();
+        let (tls, dir) = tls_for(&ca, true, Duration::from_secs(5)).await;
+        let app = Router::new().route(
+            "/",
+            get(
+                |peer: Option<Extension<PeerCertificate>>,
+                 ConnectInfo(addr): ConnectInfo<SocketAddr>| async move {
+                    let cert = peer.map(|Extension(p)| p.end_entity().len()).unwrap_or(0);
+                    format!("{cert} {}", addr.ip())
+                },
+            ),
+        );
+        let s = start(app, tls, dir).await;
+        let url = format!("https://127.0.0.1:{}/", s.port);
+        let client = ca.client("someone");
+        let with = ca.reqwest(Some(&client)).get(&url).send().await.unwrap();
+        assert_eq!(
+            with.text().await.unwrap(),
+            format!("{} 127.0.0.1", client.der.len())
+        );
+        let without = ca.reqwest(None).get(&url).send().await.unwrap();
+        assert_eq!(without.text().await.unwrap(), "0 127.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn on_shutdown_in_flight_requests_finish_and_new_connections_are_refused() {
+        let ca = Ca::new();
+        let (tls, dir) = tls_for(&ca, false, Duration::from_secs(5)).await;
+        let (entered_tx, mut entered) = mpsc::channel::<()>(1);
+        let (release_tx, release) = oneshot::channel::<()>();
+        let release = Arc::new(tokio::sync::Mutex::new(Some(release)));
+        let app = Router::new().route(
+            "/slow",
+            get(move || {
+                let entered_tx = entered_tx.clone();
+                let release = release.clone();
+                async move {
+                    let _ = entered_tx.send(()).await;
+                    if let Some(r) = release.lock().await.take() {
+                        let _ = r.await;
+                    }
+                    "finished"
+                }
+            }),
+        );
+        let mut s = start(app, tls, dir).await;
+        let http = ca.reqwest(None);
+        let url = format!("https://127.0.0.1:{}/slow", s.port);
+        let call = tokio::spawn(async move { http.get(url).send().await?.text().await });
+        tokio::time::timeout(DEADLINE, entered.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        s.stop.take().unwrap().send(()).unwrap();
+        // The listener closes...
+        let start = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+            .await
+            .is_ok()
+        {
+            assert!(start.elapsed() < DEADLINE, "still accepting after shutdown");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // ...the loop waits for the call in flight...
+        assert!(!s.done.is_finished());
+        release_tx.send(()).unwrap();
+        // ...which completes, and then the loop returns.
+        let body = tokio::time::timeout(DEADLINE, call).await.unwrap().unwrap();
+        assert_eq!(body.unwrap(), "finished");
+        tokio::time::timeout(DEADLINE, s.done)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}

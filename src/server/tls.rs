@@ -2,7 +2,8 @@
 //! `SPILLWAY_TLS_CLIENT_CA`), for deployments without an ingress that terminates TLS.
 //!
 //! [`ServerTls`] holds the current rustls configuration and reloads it when the certificate,
-//! key or client CA files change (checked every [`TlsConfig::reload_interval`]); a file that
+//! key or client CA files change (their contents are checked every
+//! [`TlsConfig::reload_interval`]); a file that
 //! no longer loads keeps the configuration loaded before, logged as an error, so a bad
 //! rotation never takes the server down. [`listener::serve`](super::listener::serve) uses it
 //! for every new connection.
@@ -18,13 +19,14 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::error::{Error, Result};
@@ -35,7 +37,8 @@ pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// How long a client gets to finish the TLS handshake, by default: a slow or silent client
 /// must not hold a connection (and its task) open.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the files are checked for a change, by default (one `stat` per file).
+/// How often the files are checked for a change, by default (each is read and hashed: a few
+/// KiB).
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Protocols offered through ALPN, preferred first: the serve loop speaks both.
@@ -73,13 +76,6 @@ impl TlsConfig {
     pub fn with_client_ca(mut self, client_ca: impl Into<PathBuf>) -> Self {
         self.client_ca = Some(client_ca.into());
         self
-    }
-
-    fn paths(&self) -> impl Iterator<Item = &Path> {
-        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(PathBuf::as_path)
     }
 }
 
@@ -140,14 +136,9 @@ struct Inner {
 
 struct Current {
     rustls: Arc<rustls::ServerConfig>,
-    /// The files' stamps when last loaded (or last tried): a reload is tried when they change.
-    stamps: Vec<Option<FileStamp>>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
+    /// What the files held when last loaded (or last tried): a reload is tried when it
+    /// changes.
+    digests: Vec<Option<[u8; 32]>>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -162,12 +153,15 @@ impl ServerTls {
     /// Loads the certificate, key and client CA; any that is missing, unreadable, malformed
     /// or inconsistent (a key that does not match the certificate) is an [`Error::Config`].
     pub async fn load(config: TlsConfig) -> Result<Self> {
-        let stamps = stamps_of(&config).await;
-        let rustls = build(&config).await?;
+        let files = Files::read(&config).await;
+        let rustls = build(&config, &files)?;
         Ok(ServerTls {
             inner: Arc::new(Inner {
                 config,
-                current: RwLock::new(Current { rustls, stamps }),
+                current: RwLock::new(Current {
+                    rustls,
+                    digests: files.digests(),
+                }),
             }),
         })
     }
@@ -194,20 +188,21 @@ impl ServerTls {
     /// previous configuration stays, and the next change is tried again.
     pub async fn reload_if_changed(&self) -> bool {
         let config = &self.inner.config;
-        let stamps = stamps_of(config).await;
+        let files = Files::read(config).await;
+        let digests = files.digests();
         {
             let current = self.inner.current.read().unwrap_or_else(|e| e.into_inner());
-            if current.stamps == stamps {
+            if current.digests == digests {
                 return false;
             }
         }
-        let loaded = build(config).await;
+        let loaded = build(config, &files);
         let mut current = self
             .inner
             .current
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        current.stamps = stamps;
+        current.digests = digests;
         match loaded {
             Ok(rustls) => {
                 current.rustls = rustls;
@@ -258,17 +253,46 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn stamps_of(config: &TlsConfig) -> Vec<Option<FileStamp>> {
-    let mut stamps = Vec::new();
-    for path in config.paths() {
-        // Follows symlinks: a Kubernetes secret volume swaps its `..data` link on update.
-        let stamp = tokio::fs::metadata(path).await.ok().map(|m| FileStamp {
-            modified: m.modified().ok(),
-            len: m.len(),
-        });
-        stamps.push(stamp);
+/// The contents of the certificate, key and client CA files, read in one pass (parsed from
+/// these very bytes, so what was compared is what gets loaded).
+struct Files {
+    cert: ReadResult,
+    key: ReadResult,
+    client_ca: Option<ReadResult>,
+}
+
+/// A file's bytes, or why it could not be read.
+type ReadResult = std::result::Result<Vec<u8>, String>;
+
+impl Files {
+    async fn read(config: &TlsConfig) -> Files {
+        let client_ca = match &config.client_ca {
+            Some(path) => Some(read_capped(path, "tls client ca").await),
+            None => None,
+        };
+        Files {
+            cert: read_capped(&config.cert, "tls certificate").await,
+            key: read_capped(&config.key, "tls key").await,
+            client_ca,
+        }
     }
-    stamps
+
+    /// A digest of each file's contents (`None`: unreadable). Contents, not modification
+    /// times: a rewrite within the file system's clock tick, or a `..data` symlink swap in a
+    /// Kubernetes secret volume, is still seen; the files are a few KiB.
+    fn digests(&self) -> Vec<Option<[u8; 32]>> {
+        let digest = |r: &ReadResult| r.as_ref().ok().map(|b| Sha256::digest(b).into());
+        let mut out = vec![digest(&self.cert), digest(&self.key)];
+        if let Some(ca) = &self.client_ca {
+            out.push(digest(ca));
+        }
+        out
+    }
+}
+
+/// A file that could not be read: the message of its [`Error::Config`].
+fn unreadable(message: &str) -> Error {
+    Error::Config(message.to_string())
 }
 
 /// The crypto provider of every TLS configuration: named explicitly so the process-wide
@@ -277,11 +301,12 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-async fn build(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>> {
-    let certs = read_certs(&config.cert, "tls certificate").await?;
-    let key_pem = read_capped(&config.key, "tls key").await?;
+fn build(config: &TlsConfig, files: &Files) -> Result<Arc<rustls::ServerConfig>> {
+    let cert_pem = files.cert.as_ref().map_err(|m| unreadable(m))?;
+    let key_pem = files.key.as_ref().map_err(|m| unreadable(m))?;
+    let certs = parse_certs(cert_pem, &config.cert, "tls certificate")?;
     // The parser's own error is not shown: it may quote a line of the key file.
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| {
         Error::Config(format!(
             "tls key {}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it",
             config.key.display()
@@ -291,12 +316,11 @@ async fn build(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>> {
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("tls: {e}")))?;
-    let builder = match &config.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(path) => {
+    let builder = match (&config.client_ca, &files.client_ca) {
+        (Some(path), Some(pem)) => {
+            let pem = pem.as_ref().map_err(|m| unreadable(m))?;
             let mut roots = RootCertStore::empty();
-            for (n, ca) in read_certs(path, "tls client ca")
-                .await?
+            for (n, ca) in parse_certs(pem, path, "tls client ca")?
                 .into_iter()
                 .enumerate()
             {
@@ -315,6 +339,7 @@ async fn build(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>> {
                 .map_err(|e| Error::Config(format!("tls client ca {}: {e}", path.display())))?;
             builder.with_client_cert_verifier(verifier)
         }
+        _ => builder.with_no_client_auth(),
     };
     let mut server = builder.with_single_cert(certs, key).map_err(|e| {
         Error::Config(format!(
@@ -327,9 +352,8 @@ async fn build(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(server))
 }
 
-async fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = read_capped(path, what).await?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+fn parse_certs(pem: &[u8], path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Config(format!("{what} {}: not PEM: {e}", path.display())))?;
     if certs.is_empty() {
@@ -341,20 +365,258 @@ async fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'stati
     Ok(certs)
 }
 
-async fn read_capped(path: &Path, what: &str) -> Result<Vec<u8>> {
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))?;
+async fn read_capped(path: &Path, what: &str) -> ReadResult {
+    let failed = |e: std::io::Error| format!("{what} {}: {e}", path.display());
+    let file = tokio::fs::File::open(path).await.map_err(failed)?;
     let mut bytes = Vec::new();
     file.take(MAX_PEM_BYTES + 1)
         .read_to_end(&mut bytes)
         .await
-        .map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))?;
+        .map_err(failed)?;
     if bytes.len() as u64 > MAX_PEM_BYTES {
-        return Err(Error::Config(format!(
+        return Err(format!(
             "{what} {}: larger than {MAX_PEM_BYTES} bytes",
             path.display()
-        )));
+        ));
     }
     Ok(bytes)
+}
+
+/// Certificates for the unit tests of this module and of the serve loop (rcgen).
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+
+    /// A CA that issues server and client certificates.
+    pub(crate) struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        pub(crate) pem: String,
+    }
+
+    /// A certificate and key, PEM, and the certificate's DER.
+    pub(crate) struct Issued {
+        pub(crate) cert: String,
+        pub(crate) key: String,
+        pub(crate) der: Vec<u8>,
+    }
+
+    impl Ca {
+        pub(crate) fn new() -> Ca {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "unit test ca");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let pem = params.self_signed(&key).unwrap().pem();
+            Ca {
+                issuer: Issuer::new(params, key),
+                pem,
+            }
+        }
+
+        fn issue(&self, sans: &[&str], cn: &str, eku: ExtendedKeyUsagePurpose) -> Issued {
+            let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![eku];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            Issued {
+                cert: cert.pem(),
+                key: key.serialize_pem(),
+                der: cert.der().to_vec(),
+            }
+        }
+
+        /// A server certificate for 127.0.0.1 and localhost.
+        pub(crate) fn server(&self, cn: &str) -> Issued {
+            self.issue(
+                &["127.0.0.1", "localhost"],
+                cn,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            )
+        }
+
+        /// A client certificate with subject CN `cn`.
+        pub(crate) fn client(&self, cn: &str) -> Issued {
+            self.issue(&[], cn, ExtendedKeyUsagePurpose::ClientAuth)
+        }
+
+        /// A rustls client trusting this CA.
+        pub(crate) fn client_config(&self) -> Arc<rustls::ClientConfig> {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap())
+                .unwrap();
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            )
+        }
+
+        /// A reqwest client trusting this CA, presenting `identity`.
+        pub(crate) fn reqwest(&self, identity: Option<&Issued>) -> reqwest::Client {
+            let root = reqwest::Certificate::from_pem(self.pem.as_bytes()).unwrap();
+            let mut b = reqwest::Client::builder().tls_certs_only([root]);
+            if let Some(id) = identity {
+                let pem = format!("{}{}", id.cert, id.key);
+                b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+            }
+            b.build().unwrap()
+        }
+
+        /// The certificate `server` presents in a handshake (in memory) with a client
+        /// trusting this CA.
+        pub(crate) async fn presented(&self, server: Arc<rustls::ServerConfig>) -> Vec<u8> {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let accept = tokio_rustls::TlsAcceptor::from(server).accept(a);
+            let connect = tokio_rustls::TlsConnector::from(self.client_config())
+                .connect(ServerName::try_from("localhost").unwrap(), b);
+            let (accepted, connected) = tokio::join!(accept, connect);
+            accepted.unwrap();
+            let tls = connected.unwrap();
+            tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::Ca;
+    use super::*;
+
+    fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+        let path = dir.join(name);
+        // Beside, then renamed over: the reader never sees half a file.
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path
+    }
+
+    async fn load_err(config: TlsConfig) -> String {
+        match ServerTls::load(config).await {
+            Err(Error::Config(msg)) => msg,
+            other => panic!("loaded: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_files_are_config_errors_that_show_no_key_material() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new();
+        let a = ca.server("a");
+        let b = ca.server("b");
+        let cert = write(dir.path(), "cert.pem", &a.cert);
+        let key = write(dir.path(), "key.pem", &a.key);
+        assert!(ServerTls::load(TlsConfig::new(&cert, &key)).await.is_ok());
+
+        let missing = dir.path().join("absent.pem");
+        let msg = load_err(TlsConfig::new(&missing, &key)).await;
+        assert!(msg.contains("absent.pem"), "{msg}");
+
+        let other_key = write(dir.path(), "other.key", &b.key);
+        let msg = load_err(TlsConfig::new(&cert, &other_key)).await;
+        assert!(
+            msg.contains("cert.pem") && msg.contains("other.key"),
+            "{msg}"
+        );
+
+        let secret = "S3CRETKEYMATERIALdonotlog";
+        let bogus = write(
+            dir.path(),
+            "bogus.key",
+            &format!("-----BEGIN PRIVATE KEY-----\n{secret}!!\n-----END PRIVATE KEY-----\n"),
+        );
+        let msg = load_err(TlsConfig::new(&cert, &bogus)).await;
+        assert!(msg.contains("no PEM private key"), "{msg}");
+        assert!(!msg.contains("S3CRET"), "{msg}");
+
+        let no_cert = write(dir.path(), "empty.pem", "nothing here\n");
+        let msg = load_err(TlsConfig::new(&no_cert, &key)).await;
+        assert!(msg.contains("no CERTIFICATE"), "{msg}");
+        let msg = load_err(TlsConfig::new(&cert, &key).with_client_ca(&no_cert)).await;
+        assert!(msg.contains("tls client ca"), "{msg}");
+
+        let huge = write(
+            dir.path(),
+            "huge.pem",
+            &"x".repeat(MAX_PEM_BYTES as usize + 1),
+        );
+        let msg = load_err(TlsConfig::new(&huge, &key)).await;
+        assert!(msg.contains("larger than"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn a_change_is_reloaded_and_a_broken_one_keeps_the_last_good_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new();
+        let (a, b, c) = (ca.server("a"), ca.server("b"), ca.server("c"));
+        let cert = write(dir.path(), "cert.pem", &a.cert);
+        let key = write(dir.path(), "key.pem", &a.key);
+        let tls = ServerTls::load(TlsConfig::new(&cert, &key)).await.unwrap();
+        assert_eq!(ca.presented(tls.current()).await, a.der);
+        assert!(!tls.reload_if_changed().await, "nothing changed");
+
+        write(dir.path(), "cert.pem", &b.cert);
+        write(dir.path(), "key.pem", &b.key);
+        assert!(tls.reload_if_changed().await);
+        assert_eq!(ca.presented(tls.current()).await, b.der);
+
+        // Half a rotation (a certificate whose key has not arrived yet), then garbage: the
+        // last good certificate stays.
+        write(dir.path(), "cert.pem", &c.cert);
+        assert!(!tls.reload_if_changed().await);
+        assert_eq!(ca.presented(tls.current()).await, b.der);
+        write(dir.path(), "key.pem", "garbage");
+        assert!(!tls.reload_if_changed().await);
+        assert_eq!(ca.presented(tls.current()).await, b.der);
+        std::fs::remove_file(&key).unwrap();
+        assert!(!tls.reload_if_changed().await);
+        assert_eq!(ca.presented(tls.current()).await, b.der);
+
+        write(dir.path(), "key.pem", &c.key);
+        assert!(tls.reload_if_changed().await);
+        assert_eq!(ca.presented(tls.current()).await, c.der);
+    }
+
+    #[tokio::test]
+    async fn the_client_ca_is_reloaded_with_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, next_ca) = (Ca::new(), Ca::new());
+        let server = ca.server("s");
+        let cert = write(dir.path(), "cert.pem", &server.cert);
+        let key = write(dir.path(), "key.pem", &server.key);
+        let bundle = write(dir.path(), "ca.pem", &ca.pem);
+        let tls = ServerTls::load(TlsConfig::new(&cert, &key).with_client_ca(&bundle))
+            .await
+            .unwrap();
+        assert!(tls.requests_client_certificates());
+        // A bundle of both CAs (a CA rotation) is a change.
+        write(dir.path(), "ca.pem", &format!("{}{}", ca.pem, next_ca.pem));
+        assert!(tls.reload_if_changed().await);
+    }
+
+    #[test]
+    fn a_peer_certificate_shows_sizes_not_bytes() {
+        let ca = Ca::new();
+        let client = ca.client("someone");
+        let peer = PeerCertificate::new(vec![client.der.clone().into()]).unwrap();
+        assert_eq!(peer.end_entity().as_ref(), client.der.as_slice());
+        assert_eq!(peer.chain().len(), 1);
+        let shown = format!("{peer:?}");
+        assert!(shown.contains("chain_len: 1"), "{shown}");
+        assert!(shown.len() < 100, "{shown}");
+    }
 }
