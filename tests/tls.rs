@@ -15,9 +15,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use spillway::demo;
 use spillway::wire::{keys, read_stream, Metadata, ARROW_STREAM_CONTENT_TYPE};
 
-use crate::common::{
-    blob_body, echo_body, int64_batch, request_body, Issued, ServedBinary, TestCa,
-};
+use crate::common::{blob_body, echo_body, int64_batch, request_body, Issued, LoggedServe, TestCa};
 
 /// The SPIFFE id of the "loader" workload. Its certificate's CN is [`WORKER_CN`] too, so a
 /// server that took the CN over the SPIFFE id would be caught.
@@ -30,7 +28,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// A CA, the server's certificate files, and a `spillway serve` using them.
 struct TlsServer {
     // First: the process stops before its certificate files go.
-    _served: ServedBinary,
+    served: LoggedServe,
     ca: TestCa,
     _dir: tempfile::TempDir,
     cert: PathBuf,
@@ -56,7 +54,7 @@ impl TlsServer {
             vars.push(("SPILLWAY_TLS_CLIENT_CA", ca_path.to_str().unwrap()));
         }
         vars.extend_from_slice(env);
-        let served = ServedBinary::start(&vars);
+        let served = LoggedServe::start(&vars);
         let port: u16 = served.url.rsplit(':').next().unwrap().parse().unwrap();
         TlsServer {
             base: format!("https://127.0.0.1:{port}"),
@@ -64,7 +62,7 @@ impl TlsServer {
             _dir: dir,
             cert,
             key,
-            _served: served,
+            served,
             port,
         }
     }
@@ -98,6 +96,24 @@ impl TlsServer {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
+    }
+}
+
+impl TlsServer {
+    /// Polls the server's log until it contains `needle` (a bounded wait, not a sleep).
+    async fn wait_for_log(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.served.output();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no {needle:?} in the log within {DEADLINE:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -216,7 +232,7 @@ async fn http2_is_negotiated_by_alpn() {
 
 #[tokio::test]
 async fn plain_http_to_the_tls_port_fails_cleanly_and_the_server_keeps_serving() {
-    let s = TlsServer::start(false, &[]);
+    let s = TlsServer::start(false, &[("RUST_LOG", "spillway=debug")]);
     // reqwest over http:// gets no HTTP response.
     let plain = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{}/health", s.port))
@@ -248,6 +264,13 @@ async fn plain_http_to_the_tls_port_fails_cleanly_and_the_server_keeps_serving()
     // A client that connects and never says anything does not block others either.
     let _silent = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     s.assert_serves().await;
+    // Logged at debug, as one peer's trouble.
+    let log = s.wait_for_log("tls handshake failed").await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("tls handshake failed"))
+        .unwrap();
+    assert!(line.contains("DEBUG"), "{line}");
 }
 
 #[tokio::test]
@@ -262,6 +285,7 @@ async fn a_replaced_certificate_is_served_on_new_connections() {
     replace(&s.key, &b.key_pem);
     replace(&s.cert, &b.cert_pem);
     wait_for_certificate(&s, &b.der).await;
+    s.wait_for_log("tls certificate reloaded").await;
     let resp = kept.get(format!("{}/health", s.base)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     // Broken files: the server keeps presenting the last good certificate...
@@ -270,6 +294,8 @@ async fn a_replaced_certificate_is_served_on_new_connections() {
         "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
     );
     replace(&s.key, "garbage");
+    let log = s.wait_for_log("keeping the previous certificate").await;
+    assert!(log.contains("ERROR"), "{log}");
     for _ in 0..5 {
         assert_eq!(served_certificate(s.port, &s.ca).await.unwrap(), b.der);
     }
@@ -279,6 +305,12 @@ async fn a_replaced_certificate_is_served_on_new_connections() {
     replace(&s.cert, &c.cert_pem);
     wait_for_certificate(&s, &c.der).await;
     s.assert_serves().await;
+    // No private key ever reaches the log.
+    let log = s.served.output();
+    for key in [&b.key_pem, &c.key_pem] {
+        let body = key.lines().nth(1).unwrap();
+        assert!(!log.contains(body), "key material in the log");
+    }
 }
 
 /// The authorization policy of the mTLS test: `echo` for the loader's SPIFFE id, `blob` for
@@ -312,6 +344,16 @@ async fn client_certificates_name_the_caller_by_spiffe_id_or_cn() {
     // The worker is its CN: blob yes, echo no.
     assert_eq!(status(s.call(&worker, "blob", blob_body(10)).await), 200);
     assert_eq!(status(s.call(&worker, "echo", echo_body(b"hi")).await), 403);
+    // The denials name the principal each certificate was taken for.
+    let log = s.wait_for_log("call denied").await;
+    let denied: Vec<&str> = log.lines().filter(|l| l.contains("call denied")).collect();
+    assert!(denied.iter().any(|l| l.contains(LOADER_ID)), "{log}");
+    assert!(
+        denied
+            .iter()
+            .any(|l| l.contains(WORKER_CN) && !l.contains("spiffe://")),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -520,4 +562,67 @@ async fn tls_files_that_do_not_load_stop_the_server_from_starting() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("absent.key"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_rust_client_trusts_the_ca_and_presents_its_certificate() {
+    use spillway::client::{Client, ClientConfig, ClientIdentity};
+    use spillway::fetch::CaBundle;
+    let s = TlsServer::start(true, &[("SPILLWAY_THRESHOLD_BYTES", "1000")]);
+    let worker = s.ca.client(WORKER_CN, &[]);
+    let config = |identity: Option<&Issued>| {
+        let mut config = ClientConfig {
+            ca: CaBundle::from_pem(s.ca.pem.as_bytes()).unwrap(),
+            identity: identity.map(|id| {
+                ClientIdentity::from_pem(id.cert_pem.as_bytes(), id.key_pem.as_bytes()).unwrap()
+            }),
+            ..ClientConfig::default()
+        };
+        config.fetch.policy = spillway::url_policy::UrlPolicy::local_testing();
+        config
+    };
+    let client = Client::new(&s.base, config(Some(&worker))).unwrap();
+    crate::common::echo(&client, b"over mtls").await;
+    // Externalized: the pointer is fetched over https from the server's own storage route.
+    let out = crate::common::blob(&client, 50_000).await;
+    assert!(out.externalized.is_some(), "not externalized");
+    let pairs = client.request_upload_urls(1).await.unwrap();
+    assert!(
+        pairs[0].upload_url.starts_with("https://"),
+        "{}",
+        pairs[0].upload_url
+    );
+    // Without its certificate the same client is refused with the typed 401.
+    let anonymous = Client::new(&s.base, config(None)).unwrap();
+    match anonymous
+        .call(demo::PROTOCOL, "echo", crate::common::data_params(b"x"))
+        .await
+    {
+        Err(spillway::Error::Unauthorized { reason, .. }) => {
+            assert_eq!(reason, spillway::AuthRejection::MissingCredential)
+        }
+        other => panic!("not a 401: {:?}", other.map(|o| o.batch.num_rows())),
+    }
+}
+
+#[test]
+fn spillway_call_reaches_an_mtls_server_with_its_ca_and_certificate() {
+    let s = TlsServer::start(true, &[("SPILLWAY_THRESHOLD_BYTES", "1000")]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = s.ca.write(&dir.path().join("ca.pem"));
+    let (cert, key) = s.ca.client(WORKER_CN, &[]).write(dir.path(), "client");
+    let env = [
+        ("SPILLWAY_CA_CERT", ca.to_str().unwrap()),
+        ("SPILLWAY_CLIENT_CERT", cert.to_str().unwrap()),
+        ("SPILLWAY_CLIENT_KEY", key.to_str().unwrap()),
+    ];
+    let blob = format!("{}.blob", demo::PROTOCOL);
+    let out = crate::common::call_clean(&s.base, &[&blob, "size=200000"], &env);
+    let text = crate::common::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("externalized result"), "{text}");
+    let out = crate::common::call_clean(&s.base, &[&blob, "size=10"], &env[..1]);
+    let text = crate::common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("missing_credential"), "{text}");
 }

@@ -8,7 +8,11 @@
 //! which then has no [`PeerCertificate`]). Connection-level policy lives here and only here:
 //! the TLS handshake and its timeout, the request extensions every request gets
 //! ([`ConnectInfo`] with the peer address, and the [`PeerCertificate`] when the client
-//! presented one).
+//! presented one). Further per-connection bounds (header read timeouts, connection limits)
+//! belong here too, as fields of [`ServeOptions`], so plain and TLS listeners get them alike.
+//!
+//! HTTP/2 is offered by ALPN under TLS and accepted with prior knowledge (h2c) in the clear,
+//! as hyper-util's auto builder does.
 //!
 //! ```no_run
 //! # async fn run() -> spillway::Result<()> {

@@ -1,8 +1,9 @@
 //! The HTTP RPC server: vgi-rpc 0.52 over axum, with externalization of large results.
 //!
 //! Build a [`Server`] from protocols and a storage, then serve [`Server::router`] with
-//! `axum::serve`. The router is a plain `axum::Router`, so it can be tested in-process or
-//! mounted inside a larger application.
+//! `axum::serve`, or with [`listener::serve`] for TLS ([`tls`]) and client certificates. The
+//! router is a plain `axum::Router`, so it can be tested in-process or mounted inside a larger
+//! application.
 //!
 //! ```no_run
 //! # async fn run() -> spillway::Result<()> {
