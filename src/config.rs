@@ -137,7 +137,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub store: StorageArgs,
     /// Base URL clients use to reach this server (and the local store's objects)
-    /// [default: http://<listen>].
+    /// [default: http://<listen>, https://<listen> with SPILLWAY_TLS_CERT].
     #[arg(long, env = "SPILLWAY_PUBLIC_URL")]
     pub public_url: Option<Url>,
     /// Results whose buffers hold at least this many bytes are externalized.
@@ -265,7 +265,13 @@ impl ServeArgs {
                         ip => ip.to_string(),
                     }
                 };
-                Url::parse(&format!("http://{host}:{}/", self.listen.port()))
+                // The listener speaks TLS only when it has a certificate.
+                let scheme = if self.security.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                Url::parse(&format!("{scheme}://{host}:{}/", self.listen.port()))
                     .map_err(|e| Error::Config(format!("public url: {e}")))?
             }
         };

@@ -1,13 +1,17 @@
-//! `spillway serve`: binds, runs the server, and shuts down gracefully.
+//! `spillway serve`: binds, runs the server through the one serve loop
+//! ([`listener::serve`]: plain HTTP or TLS), and shuts down gracefully.
 
 use std::time::Duration;
 
 use crate::config::{spawn_retention_sweep, ServeArgs};
 use crate::error::{Error, Result};
+use crate::server::listener::{self, ServeOptions};
+use crate::server::tls::ServerTls;
 
 /// Runs `spillway serve` until SIGTERM or Ctrl-C (tracing must be set up by the caller).
 pub async fn run(args: ServeArgs) -> Result<()> {
     let (server, local) = args.build_server().await?;
+    let tls = args.security.tls().await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -28,35 +32,36 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         storage = ?args.store.storage,
         threshold_bytes = args.threshold_bytes,
         compression = %args.compression,
+        tls = tls.is_some(),
+        client_certificates = tls.as_ref().is_some_and(ServerTls::requests_client_certificates),
         "spillway serving protocol {}",
         crate::demo::PROTOCOL
     );
     let (app, admin) = server.try_into_routers()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
     if let Some(admin_addr) = args.admin_listen {
         let admin_listener = tokio::net::TcpListener::bind(admin_addr)
             .await
             .map_err(|e| Error::Config(format!("cannot listen on {admin_addr}: {e}")))?;
         tracing::info!(admin_listen = %admin_listener.local_addr()?, "admin endpoints: /livez /readyz /metrics");
-        let mut stop = stop_rx.clone();
+        // Plain HTTP even when the main listener has TLS: the admin port is for probes and
+        // the metrics scraper inside the cluster.
+        let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {
-            let _ = axum::serve(admin_listener, admin)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
+            let _ = listener::serve(admin_listener, admin, ServeOptions::default(), stop).await;
         });
     }
-    let mut stop = stop_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|s| *s).await;
-    });
-    let mut server = tokio::spawn(async move { server.await });
+    let options = ServeOptions { tls };
+    let server = listener::serve(listener, app, options, stopped(stop_rx.clone()));
+    let mut server = tokio::spawn(server);
     tokio::select! {
         r = &mut server => {
             return match r {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(Error::Io(e)),
+                Ok(Err(e)) => Err(e),
                 Err(e) => Err(Error::Internal(format!("server task failed: {e}"))),
             };
         }
@@ -69,7 +74,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             tracing::info!("all in-flight calls finished; bye");
             Ok(())
         }
-        Ok(Ok(Err(e))) => Err(Error::Io(e)),
+        Ok(Ok(Err(e))) => Err(e),
         Ok(Err(e)) => Err(Error::Internal(format!("server task failed: {e}"))),
         Err(_) => {
             tracing::warn!(

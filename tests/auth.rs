@@ -182,7 +182,10 @@ async fn health_discovery_operations_and_storage_need_no_token() {
         }
         r.send()
     };
-    assert_eq!(metrics(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        metrics(None).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
     let scraped = metrics(Some(ALICE)).await.unwrap();
     assert_eq!(scraped.status(), StatusCode::OK);
     assert!(scraped
@@ -451,7 +454,9 @@ fn the_binary_keeps_the_admin_port_open_and_gates_the_main_ports_metrics() {
         }
         let main = format!("{}/metrics", served.url);
         assert_eq!(status_of(http.get(&main)).await, StatusCode::UNAUTHORIZED);
-        let authed = http.get(&main).header(AUTHORIZATION, format!("Bearer {ALICE}"));
+        let authed = http
+            .get(&main)
+            .header(AUTHORIZATION, format!("Bearer {ALICE}"));
         assert_eq!(status_of(authed).await, StatusCode::OK);
     });
 }

@@ -18,6 +18,7 @@ mod reflection;
 mod server_api;
 mod stream_tokens;
 mod streams;
+mod tls;
 mod wire_vectors;
 
 /// With `autotests = false` (Cargo.toml), a file in `tests/` that no test group includes would

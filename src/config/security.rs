@@ -10,9 +10,11 @@ use url::Url;
 
 use crate::error::{Error, Result};
 use crate::server::auth::{
-    AuthChain, Authenticator, BearerTokens, JwtAuthenticator, JwtConfig, OAuthResourceMetadata,
+    AuthChain, Authenticator, BearerTokens, ClientCertificates, JwtAuthenticator, JwtConfig,
+    OAuthResourceMetadata,
 };
 use crate::server::authz::AuthzPolicy;
+use crate::server::tls::{ServerTls, TlsConfig};
 
 /// An authentication scheme `SPILLWAY_AUTH` can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -190,6 +192,10 @@ impl SecurityArgs {
                 }
             }
         }
+        // Last: a credential the request carries explicitly is looked at first.
+        if self.tls_client_ca.is_some() {
+            members.push(Arc::new(ClientCertificates::new()));
+        }
         if !seen.contains(&AuthMode::Bearer) && self.auth_tokens_file.is_some() {
             return Err(Error::Config(
                 "SPILLWAY_AUTH_TOKENS_FILE is set but SPILLWAY_AUTH does not include bearer".into(),
@@ -259,6 +265,23 @@ impl SecurityArgs {
             vec![issuer],
         )
         .map(Some)
+    }
+
+    /// The TLS setup of the main listener (`None`: plain HTTP), loaded and checked.
+    pub async fn tls(&self) -> Result<Option<ServerTls>> {
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) if self.tls_client_ca.is_none() => return Ok(None),
+            _ => {
+                return Err(Error::Config(
+                    "TLS needs both SPILLWAY_TLS_CERT and SPILLWAY_TLS_KEY (and SPILLWAY_TLS_CLIENT_CA needs them)"
+                        .into(),
+                ))
+            }
+        };
+        let mut config = TlsConfig::new(cert, key);
+        config.client_ca = self.tls_client_ca.clone();
+        ServerTls::load(config).await.map(Some)
     }
 
     /// The authorization policy, if one is configured.

@@ -1,8 +1,9 @@
 //! The HTTP RPC server: vgi-rpc 0.52 over axum, with externalization of large results.
 //!
 //! Build a [`Server`] from protocols and a storage, then serve [`Server::router`] with
-//! `axum::serve`. The router is a plain `axum::Router`, so it can be tested in-process or
-//! mounted inside a larger application.
+//! `axum::serve`, or with [`listener::serve`] for TLS ([`tls`]) and client certificates. The
+//! router is a plain `axum::Router`, so it can be tested in-process or mounted inside a larger
+//! application.
 //!
 //! ```no_run
 //! # async fn run() -> spillway::Result<()> {
@@ -26,6 +27,7 @@ mod config;
 pub mod cors;
 mod emit;
 mod invoke;
+pub mod listener;
 pub mod ops;
 mod pointers;
 mod protocol;
@@ -36,6 +38,7 @@ mod routes;
 mod stamp;
 mod state;
 mod stream;
+pub mod tls;
 mod tokens;
 mod unary;
 mod upload;

@@ -133,6 +133,8 @@ def renders_of_everything() -> list[Rendered]:
                 "audience": ["a"],
                 "principalClaim": "email",
                 "leeway": 5,
+                "jwksCAFile": "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+                "jwksTokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token",
             },
         },
         "authz": {"policy": 'default = "allow"'},

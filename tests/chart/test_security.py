@@ -158,8 +158,11 @@ def test_kubernetes_service_account_tokens():
     assert "SPILLWAY_AUTH_TOKENS_FILE" not in env
     assert env["SPILLWAY_AUTHZ_FILE"] == f"{AUTHZ_DIR}/policy.toml"
     assert r.volumes()["authz"]["configMap"]["name"] == "spillway-policy"
-    # The server itself still mounts no API token.
-    assert r.pod_spec()["automountServiceAccountToken"] is False
+    # The API server's JWKS is fetched with the cluster CA and the server pod's own token,
+    # which is why this example automounts it.
+    assert env["SPILLWAY_AUTH_JWKS_CA"] == "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    assert env["SPILLWAY_AUTH_JWKS_TOKEN_FILE"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert r.pod_spec()["automountServiceAccountToken"] is True
 
     # The test pod sends a projected token for the audience, re-read from its file.
     pod = r.test_pod()["spec"]

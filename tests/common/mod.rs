@@ -8,12 +8,14 @@
 #![allow(dead_code, unused_imports)]
 
 mod external;
+mod pki;
 mod process;
 mod requests;
 mod server;
 mod store;
 
 pub(crate) use external::*;
+pub(crate) use pki::*;
 pub(crate) use process::*;
 pub(crate) use requests::*;
 pub(crate) use server::*;

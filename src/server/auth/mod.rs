@@ -40,6 +40,7 @@
 mod bearer;
 mod gate;
 pub mod jwt;
+pub mod mtls;
 mod oauth;
 
 use std::fmt;
@@ -54,6 +55,7 @@ pub(crate) use gate::authenticate;
 pub use gate::unauthorized;
 pub use gate::unauthorized_response;
 pub use jwt::{JwtAuthenticator, JwtConfig};
+pub use mtls::ClientCertificates;
 pub(crate) use oauth::routes as oauth_routes;
 pub use oauth::OAuthResourceMetadata;
 
