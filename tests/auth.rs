@@ -460,3 +460,30 @@ fn the_binary_keeps_the_admin_port_open_and_gates_the_main_ports_metrics() {
         assert_eq!(status_of(authed).await, StatusCode::OK);
     });
 }
+
+#[test]
+fn an_open_server_on_a_non_loopback_address_warns_at_startup() {
+    use crate::common::{free_port, ServedBinary};
+    const WARNING: &str = "no authentication configured";
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = write(dir.path(), "tokens", &format!("{ALICE} alice\n"));
+    let listen = format!("0.0.0.0:{}", free_port());
+    let (_open, lines) = ServedBinary::start_logged(&[("SPILLWAY_LISTEN", &listen)]);
+    assert!(
+        lines.lock().unwrap().iter().any(|l| l.contains(WARNING)),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    let listen = format!("0.0.0.0:{}", free_port());
+    let (_secured, lines) = ServedBinary::start_logged(&[
+        ("SPILLWAY_LISTEN", &listen),
+        ("SPILLWAY_AUTH", "bearer"),
+        ("SPILLWAY_AUTH_TOKENS_FILE", tokens.to_str().unwrap()),
+    ]);
+    let lines = lines.lock().unwrap();
+    assert!(lines.iter().any(|l| l.contains("spillway serving")));
+    assert!(!lines.iter().any(|l| l.contains(WARNING)), "{lines:?}");
+    // Loopback (the harness default) stays quiet too.
+    let (_local, lines) = ServedBinary::start_logged(&[]);
+    assert!(!lines.lock().unwrap().iter().any(|l| l.contains(WARNING)));
+}
