@@ -120,16 +120,7 @@ impl TestServer {
             "http://127.0.0.1:{port}{}",
             args.server_config().unwrap().prefix
         );
-        let router = wrap(server.router());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        TestServer {
-            base,
-            dir,
-            store,
-            task,
-        }
+        Self::serve_router(listener, wrap(server.router()), base, dir, store)
     }
 
     /// Starts `spillway serve` with `flags` followed by `extra` (owned flags, e.g. a storage
@@ -156,7 +147,16 @@ impl TestServer {
         dir: TempDir,
         store: Option<Arc<LocalStore>>,
     ) -> TestServer {
-        let router = server.router();
+        Self::serve_router(listener, server.router(), base, dir, store)
+    }
+
+    fn serve_router(
+        listener: tokio::net::TcpListener,
+        router: axum::Router,
+        base: String,
+        dir: TempDir,
+        store: Option<Arc<LocalStore>>,
+    ) -> TestServer {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });

@@ -21,7 +21,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import ClassVar, Protocol
 from urllib.parse import urlparse
 
 import httpx2
@@ -29,40 +28,7 @@ import httpx2
 from vgi_rpc.external import ClientExternalConfig
 from vgi_rpc.http import AuthenticationError, AuthReason, http_capabilities, http_connect, request_upload_urls
 
-PROTOCOL = "spillway.Demo.v1"
-STORAGE_ROUTE = "/__storage__/"
-
-
-class SpillwayDemo(Protocol):
-    """The demo protocol `spillway serve` hosts."""
-
-    protocol_name: ClassVar[str] = PROTOCOL
-
-    def blob(self, size: int) -> bytes:
-        """`size` random bytes."""
-        ...
-
-    def echo(self, data: bytes) -> bytes:
-        """Returns `data`."""
-        ...
-
-
-class UrlRecorder:
-    """URL validator: only plain-http URLs on this server, recorded."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.seen: list[str] = []
-
-    def __call__(self, url: str) -> None:
-        parsed = urlparse(url)
-        if parsed.scheme != "http" or parsed.hostname != "127.0.0.1" or parsed.port != self.port:
-            raise ValueError(f"URL not allowed (only http://127.0.0.1:{self.port}/): {url}")
-        self.seen.append(url)
-
-    def take(self) -> list[str]:
-        out, self.seen = self.seen, []
-        return out
+from spillway_demo import STORAGE_ROUTE, SpillwayDemo, UrlRecorder, expect
 
 
 failures: list[str] = []
@@ -79,11 +45,6 @@ def check(name: str, fn: Callable[[], str | None]) -> None:
         return
     ms = (time.monotonic() - start) * 1000
     print(f"PASS  {name} ({ms:.0f} ms){': ' + detail if detail else ''}", flush=True)
-
-
-def expect(cond: bool, message: str) -> None:
-    if not cond:
-        raise AssertionError(message)
 
 
 def refused(call: Callable[[], object], reason: AuthReason) -> str:

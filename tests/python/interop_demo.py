@@ -33,7 +33,6 @@ import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import ClassVar, Protocol
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -43,56 +42,16 @@ from vgi_rpc.external import ClientExternalConfig
 from vgi_rpc.http import http_capabilities, http_connect
 from vgi_rpc.rpc import RpcError
 
-PROTOCOL = "spillway.Demo.v1"
+from spillway_demo import PROTOCOL, STORAGE_ROUTE, SpillwayDemo, UrlRecorder, expect
+
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 LOCATION_KEY = b"vgi_rpc.location"
 SHA256_KEY = b"vgi_rpc.location.sha256"
 LOG_LEVEL_KEY = b"vgi_rpc.log_level"
 LOG_MESSAGE_KEY = b"vgi_rpc.log_message"
-STORAGE_ROUTE = "/__storage__/"
 
 # Raw requests go straight to the loopback server, whatever *_proxy variables say.
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class SpillwayDemo(Protocol):
-    """The demo protocol `spillway serve` hosts (no protocol version declared)."""
-
-    protocol_name: ClassVar[str] = PROTOCOL
-
-    def blob(self, size: int) -> bytes:
-        """`size` random bytes."""
-        ...
-
-    def echo(self, data: bytes) -> bytes:
-        """Returns `data`."""
-        ...
-
-    def no_such_method(self, data: bytes) -> bytes:
-        """Not served by spillway: calling it must raise RpcError."""
-        ...
-
-
-class UrlRecorder:
-    """URL validator for the client: allows only plain-http URLs on this server, records them.
-
-    The client calls it for every download URL it resolves from a pointer and for every vended
-    upload/download URL pair, so the record shows which calls really went through storage.
-    """
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.seen: list[str] = []
-
-    def __call__(self, url: str) -> None:
-        parsed = urlparse(url)
-        if parsed.scheme != "http" or parsed.hostname != "127.0.0.1" or parsed.port != self.port:
-            raise ValueError(f"URL not allowed (only http://127.0.0.1:{self.port}/): {url}")
-        self.seen.append(url)
-
-    def take(self) -> list[str]:
-        out, self.seen = self.seen, []
-        return out
 
 
 class Results:
@@ -115,11 +74,6 @@ class Results:
         ms = (time.monotonic() - start) * 1000
         print(f"PASS  {name} ({ms:.0f} ms){': ' + detail if detail else ''}", flush=True)
         self.passes.append(name)
-
-
-def expect(cond: bool, message: str) -> None:
-    if not cond:
-        raise AssertionError(message)
 
 
 def raw_call(base: str, method: str, params: pa.RecordBatch) -> tuple[int, list[tuple[pa.RecordBatch, dict[bytes, bytes]]]]:
