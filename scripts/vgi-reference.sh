@@ -6,7 +6,7 @@
 #   scripts/vgi-reference.sh find-python   print the base interpreter a new venv would use
 #
 # The venv lives under ${SPILLWAY_TOOLS_DIR:-$HOME/.cache/spillway-tools} and holds
-# vgi-rpc[http,external]==0.52.2 and pytest, from the package index pip is configured with.
+# vgi-rpc[http,external,cli]==0.52.2 (the library and its command line) and pytest, from the package index pip is configured with.
 # vgi-rpc 0.52.2 needs Python >= 3.13: set SPILLWAY_PYTHON to choose the interpreter, otherwise
 # the first of python3.14, python3.13, python3 on PATH that is new enough is used, then
 # pyenv's installed versions (which are not on PATH unless selected).
@@ -44,6 +44,7 @@ import pytest  # noqa: F401
 import pytest_timeout  # noqa: F401
 import vgi_rpc.external  # noqa: F401
 import vgi_rpc.http  # noqa: F401
+import vgi_rpc.cli  # noqa: F401  (the vgi-rpc command line, [cli])
 EOF
 }
 
@@ -51,7 +52,7 @@ install() {
   venv_ok && return 0
   local py
   py="$(vgi_python)" || exit 1
-  say "installing vgi-rpc[http,external]==$VGI_RPC_VERSION and pytest into $VENV"
+  say "installing vgi-rpc[http,external,cli]==$VGI_RPC_VERSION and pytest into $VENV"
   say "  with $py ($("$py" -c 'import platform; print(platform.python_version())'))"
   mkdir -p "$TOOLS_DIR"
   # --clear: a venv left half-built by an interrupted install starts over.
@@ -59,8 +60,8 @@ install() {
     die "'$py -m venv' failed (on Debian/Ubuntu system Pythons, install the python3.X-venv package)"
   fi
   if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "vgi-rpc[http,external]==$VGI_RPC_VERSION" "pytest>=8" "pytest-timeout>=2" "psutil>=5" >&2; then
-    die "pip could not install vgi-rpc[http,external]==$VGI_RPC_VERSION (is the package index reachable?)"
+    "vgi-rpc[http,external,cli]==$VGI_RPC_VERSION" "pytest>=8" "pytest-timeout>=2" "psutil>=5" >&2; then
+    die "pip could not install vgi-rpc[http,external,cli]==$VGI_RPC_VERSION (is the package index reachable?)"
   fi
   venv_ok || die "the venv at $VENV is still incomplete after installing; remove it and retry"
   say "installed."
