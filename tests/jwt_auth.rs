@@ -274,6 +274,23 @@ async fn assert_refused(base: &str, token: &str, reason: &str, case: &str) -> St
     challenge
 }
 
+/// `--auth jwt` against the JWKS at `url`, for ISSUER and AUDIENCE.
+fn jwt_flags_for(url: &str) -> Vec<String> {
+    [
+        "--auth",
+        "jwt",
+        "--auth-jwks-url",
+        url,
+        "--auth-issuer",
+        ISSUER,
+        "--auth-audience",
+        AUDIENCE,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 fn jwt_flags(jwks: &Jwks) -> Vec<String> {
     [
         "--auth",
@@ -547,17 +564,7 @@ async fn keys_rotate_through_the_jwks() {
 async fn an_unreachable_jwks_answers_503() {
     let key = TestKey::es256("key-1");
     let url = format!("http://127.0.0.1:{}/jwks", free_port());
-    let s = TestServer::start(&[
-        "--auth",
-        "jwt",
-        "--auth-jwks-url",
-        &url,
-        "--auth-issuer",
-        ISSUER,
-        "--auth-audience",
-        AUDIENCE,
-    ])
-    .await;
+    let s = TestServer::start_with(jwt_flags_for(&url), &[]).await;
     let token = key.sign(&claims("alice"));
     for _ in 0..3 {
         let resp = call(&s.base, Some(&token)).await;
@@ -572,17 +579,7 @@ async fn an_unreachable_jwks_answers_503() {
     // A down issuer that answers 500 is the same.
     let jwks = Jwks::start(&[&key]).await;
     jwks.set_status(StatusCode::INTERNAL_SERVER_ERROR);
-    let flags = [
-        "--auth",
-        "jwt",
-        "--auth-jwks-url",
-        &jwks.url,
-        "--auth-issuer",
-        ISSUER,
-        "--auth-audience",
-        AUDIENCE,
-    ];
-    let s = TestServer::start(&flags).await;
+    let s = TestServer::start_with(jwt_flags_for(&jwks.url), &[]).await;
     // Without a prefix the metadata path would match `/{protocol}/{method}`: it is still
     // the open metadata, even with the issuer down.
     let doc: Value = reqwest::get(format!(
@@ -828,19 +825,9 @@ async fn the_jwks_is_fetched_over_https_with_a_ca_and_a_token() {
     std::fs::write(&ca, ca_pem).unwrap();
     std::fs::write(&token_file, format!("{reader}\n")).unwrap();
     let (ca, token_file) = (ca.to_str().unwrap(), token_file.to_str().unwrap());
-    let base = [
-        "--auth",
-        "jwt",
-        "--auth-jwks-url",
-        &jwks.url,
-        "--auth-issuer",
-        ISSUER,
-        "--auth-audience",
-        AUDIENCE,
-    ];
     let token = key.sign(&claims("system:serviceaccount:jobs:loader"));
     let start = |extra: &[&str]| {
-        let mut flags: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        let mut flags = jwt_flags_for(&jwks.url);
         flags.extend(extra.iter().map(|s| s.to_string()));
         TestServer::start_with(flags, &[])
     };
