@@ -241,11 +241,9 @@ impl Server {
             let route = format!("/{}/init", http::UPLOAD_METHOD);
             rpc = rpc.route(&route, post(upload::upload_url_init));
         }
+        let gate = || axum::middleware::from_fn_with_state(state.clone(), auth::authenticate);
         let mut rpc = rpc
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                auth::authenticate,
-            ))
+            .route_layer(gate())
             .route("/health", get(health).head(health).options(health_options));
         if let Some((path, routes)) = self.storage_routes {
             rpc = rpc.nest_service(&path, routes);
@@ -267,10 +265,7 @@ impl Server {
         // authentication is configured; on the admin port, as the probes everywhere, they do not.
         let mut metrics = ops::metrics();
         if state.auth.is_some() {
-            metrics = metrics.route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                auth::authenticate,
-            ));
+            metrics = metrics.route_layer(gate());
         }
         let mut app = app.merge(ops::probes().merge(metrics).with_state(state.clone()));
         if let Some(metadata) = &self.oauth {
