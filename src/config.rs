@@ -26,8 +26,10 @@ use {
 };
 
 #[cfg(feature = "cli")]
+mod limits;
 mod security;
 #[cfg(feature = "cli")]
+pub use limits::{LimitsArgs, MemoryLimit};
 pub use security::{AuthMode, SecurityArgs};
 
 /// Where the local store's objects are served, under the server's prefix.
@@ -185,6 +187,9 @@ pub struct ServeArgs {
     /// Authentication, authorization, TLS, CORS.
     #[command(flatten)]
     pub security: SecurityArgs,
+    /// Memory budget, admission, connection bounds.
+    #[command(flatten)]
+    pub limits: LimitsArgs,
 }
 
 /// Shown in place of a secret.
@@ -217,6 +222,7 @@ impl fmt::Debug for ServeArgs {
             log_format,
             reflection,
             security,
+            limits,
         } = self;
         f.debug_struct("ServeArgs")
             .field("listen", listen)
@@ -246,6 +252,7 @@ impl fmt::Debug for ServeArgs {
             .field("log_format", log_format)
             .field("reflection", reflection)
             .field("security", security)
+            .field("limits", limits)
             .finish()
     }
 }
@@ -331,6 +338,11 @@ impl ServeArgs {
                 ..ExternalizeConfig::default()
             },
             cors_origins: self.security.cors()?,
+            admission: {
+                let (budget, source) = self.limits.memory_budget()?;
+                tracing::info!(memory_budget_bytes = budget, source = %source, "memory budget");
+                self.limits.admission(budget)
+            },
             ..ServerConfig::default()
         })
     }

@@ -115,7 +115,7 @@ fn blob_stream(max_blob_bytes: u64) -> StreamMethod {
                 ..Default::default()
             })
         },
-        |_ctx, turn| async move {
+        |ctx, turn| async move {
             let field = |i: usize| {
                 turn.state
                     .get(i * 8..i * 8 + 8)
@@ -130,6 +130,7 @@ fn blob_stream(max_blob_bytes: u64) -> StreamMethod {
                     ..Default::default()
                 });
             }
+            ctx.reserve_result(size as u64).await?;
             let data =
                 tokio::task::spawn_blocking(move || generate_blob(size as usize, index as u64))
                     .await
@@ -184,6 +185,8 @@ pub fn protocol_with_limit(max_blob_bytes: u64) -> Result<Protocol> {
                         "size {size} exceeds this server's demo limit of {max_blob_bytes} bytes"
                     )));
                 }
+                // Before anything is allocated: a burst of large blobs waits for memory here.
+                ctx.reserve_result(size as u64).await?;
                 ctx.log("DEBUG", format!("generating {size} bytes"));
                 let seed = rand::random::<u64>();
                 let data = tokio::task::spawn_blocking(move || generate_blob(size as usize, seed))

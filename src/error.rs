@@ -69,6 +69,10 @@ pub enum Error {
         /// The digest of the bytes received.
         actual: String,
     },
+    /// The server's admission control refused to wait longer (or at all) for memory or a
+    /// call slot.
+    #[error(transparent)]
+    Admission(#[from] crate::server::memory::AdmissionError),
     /// An HTTP exchange failed: connection, timeout, reset.
     #[error("http error: {0}")]
     Http(String),

@@ -20,6 +20,21 @@ use crate::wire::{
 /// output above `max_decoded` (zstd frames that declare a larger size are refused before any
 /// allocation).
 pub fn decode_content(encoded: Bytes, encoding: Option<&str>, max_decoded: u64) -> Result<Bytes> {
+    decode_content_metered(encoded, encoding, max_decoded, &mut |_| Ok(()))
+}
+
+/// The step in which [`decode_content_metered`] grows its output.
+pub const DECODE_STEP_BYTES: u64 = 8 << 20;
+
+/// As [`decode_content`], calling `meter(n)` before the output grows by `n` bytes (in steps
+/// of [`DECODE_STEP_BYTES`]), so a caller can account the memory as it is used, or stop the
+/// decoding by returning an error.
+pub fn decode_content_metered(
+    encoded: Bytes,
+    encoding: Option<&str>,
+    max_decoded: u64,
+    meter: &mut dyn FnMut(u64) -> Result<()>,
+) -> Result<Bytes> {
     let too_large = |what: String| Error::TooLarge {
         what,
         limit_name: "max_decompressed_bytes",
@@ -40,11 +55,11 @@ pub fn decode_content(encoded: Bytes, encoding: Option<&str>, max_decoded: u64) 
             }
             let decoder = zstd::stream::read::Decoder::new(&encoded[..])
                 .map_err(|e| Error::Protocol(format!("invalid zstd data: {e}")))?;
-            read_capped(decoder, max_decoded, "zstd", &too_large)
+            read_capped(decoder, max_decoded, "zstd", &too_large, meter)
         }
         Some("gzip") => {
             let decoder = flate2::read::GzDecoder::new(&encoded[..]);
-            read_capped(decoder, max_decoded, "gzip", &too_large)
+            read_capped(decoder, max_decoded, "gzip", &too_large, meter)
         }
         Some(other) => Err(Error::Protocol(format!(
             "unsupported content-encoding {other:?}"
@@ -57,12 +72,23 @@ fn read_capped<R: Read>(
     max: u64,
     codec: &str,
     too_large: &dyn Fn(String) -> Error,
+    meter: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<Bytes> {
     let mut out = Vec::new();
     let mut limited = reader.take(max.saturating_add(1));
-    limited
-        .read_to_end(&mut out)
-        .map_err(|e| Error::Protocol(format!("invalid {codec} data: {e}")))?;
+    loop {
+        meter(DECODE_STEP_BYTES)?;
+        // Growing by exact steps: a large buffer is an mmap that realloc moves by remapping,
+        // so this costs no copy, and the capacity never runs ahead of what was metered.
+        out.reserve_exact(DECODE_STEP_BYTES as usize);
+        let n = (&mut limited)
+            .take(DECODE_STEP_BYTES)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::Protocol(format!("invalid {codec} data: {e}")))?;
+        if (n as u64) < DECODE_STEP_BYTES {
+            break;
+        }
+    }
     if out.len() as u64 > max {
         return Err(too_large(format!(
             "decoded {codec} stream of more than {max} bytes"

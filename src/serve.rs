@@ -37,6 +37,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         "spillway serving protocol {}",
         crate::demo::PROTOCOL
     );
+    let drain = server.drain_handle();
     let (app, admin) = server.try_into_routers()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
@@ -54,7 +55,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             let _ = listener::serve(admin_listener, admin, ServeOptions::default(), stop).await;
         });
     }
-    let options = ServeOptions { tls };
+    let options = ServeOptions {
+        tls,
+        ..args.limits.serve_options()
+    };
     let server = listener::serve(listener, app, options, stopped(stop_rx.clone()));
     let mut server = tokio::spawn(server);
     tokio::select! {
@@ -67,9 +71,20 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
         _ = shutdown_signal() => {}
     }
-    let _ = stop_tx.send(true);
+    // Readiness turns false and new calls get 503 + `Connection: close` at once, while the
+    // listener stays open, so a client the load balancer still sends here is told to go
+    // elsewhere instead of finding the port closed. When the calls in flight are done (or
+    // the grace is over), the listener stops.
+    drain.start();
     let grace = Duration::from_secs(args.shutdown_grace);
-    match tokio::time::timeout(grace, server).await {
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(
+        in_flight = drain.in_flight(),
+        "draining: waiting for calls in flight"
+    );
+    let _ = tokio::time::timeout_at(deadline, drain.idle()).await;
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout_at(deadline, server).await {
         Ok(Ok(Ok(()))) => {
             tracing::info!("all in-flight calls finished; bye");
             Ok(())

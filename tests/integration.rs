@@ -14,6 +14,7 @@ mod fetch_cli;
 mod fetch_faults;
 mod jwt_auth;
 mod ops;
+mod overload;
 mod reflection;
 mod server_api;
 mod stream_tokens;

@@ -1,10 +1,13 @@
 //! Reading request bodies within `max_request_bytes`, before and after decoding.
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
+use super::admission::refusal;
+use super::body_rate::BodyTooSlow;
+use super::memory::CallMemory;
 use super::response::{json_error, request_too_large, ApiError};
 use crate::error::Error;
 use crate::object::decode_content;
@@ -35,20 +38,27 @@ pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), Response> {
 /// decoded body exceeds `cap`, 415 for other encodings, 400 for undecodable data. The coding
 /// is read as the wire spec reads it ([`normalize_content_encoding`]: parameters dropped,
 /// case and spaces ignored).
+///
+/// The bytes are reserved in the call's `memory` before they are read (the declared length,
+/// else the cap, trimmed to what came), and the decoded body's too; a reservation that is
+/// refused answers 503.
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     cap: u64,
+    memory: &CallMemory,
 ) -> Result<Bytes, Response> {
-    if let Some(len) = headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
         if len > cap {
             return Err(request_too_large(cap));
         }
     }
+    let reserved = declared.unwrap_or(cap);
+    memory.reserve(reserved).await.map_err(|e| refusal(&e))?;
     let encoding = normalize_content_encoding(
         headers
             .get(header::CONTENT_ENCODING)
@@ -70,13 +80,25 @@ pub(crate) async fn read_body(
         .await
         .map_err(|e| match e {
             CappedError::TooLarge { .. } => request_too_large(cap),
+            CappedError::Stream(e) if BodyTooSlow::find(&e).is_some() => {
+                let mut resp = json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Request body too slow",
+                    &e.to_string(),
+                );
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                resp
+            }
             CappedError::Stream(e) => {
                 ApiError::bad_request(format!("error reading the request body: {e}"))
                     .into_response()
             }
         })?;
+    memory.release(reserved.saturating_sub(raw.len() as u64));
     match encoding.as_deref() {
         Some("zstd") | Some("gzip") => {
+            memory.reserve(cap).await.map_err(|e| refusal(&e))?;
             let enc = encoding.clone();
             let decoded =
                 tokio::task::spawn_blocking(move || decode_content(raw, enc.as_deref(), cap))
@@ -85,6 +107,8 @@ pub(crate) async fn read_body(
                         ApiError::server(RpcError::internal(format!("decoder task failed: {e}")))
                             .into_response()
                     })?;
+            let decoded_len = decoded.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+            memory.release(cap.saturating_sub(decoded_len));
             match decoded {
                 Ok(b) => Ok(b),
                 Err(Error::TooLarge { .. }) => Err(request_too_large(cap)),

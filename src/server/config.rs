@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::admission::AdmissionConfig;
 use crate::externalize::ExternalizeConfig;
 use crate::wire::http;
 
@@ -47,6 +48,8 @@ pub struct ServerConfig {
     pub response_compression: bool,
     /// Origins allowed to call from a browser (`*` for any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// The memory budget, call slots and admission queue.
+    pub admission: AdmissionConfig,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             stream_token_ttl: Duration::from_secs(3600),
             response_compression: true,
             cors_origins: Vec::new(),
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -95,6 +99,7 @@ impl fmt::Debug for ServerConfig {
             .field("stream_token_ttl", &self.stream_token_ttl)
             .field("response_compression", &self.response_compression)
             .field("cors_origins", &self.cors_origins)
+            .field("admission", &self.admission)
             .finish()
     }
 }

@@ -2,6 +2,7 @@
 
 use arrow_schema::SchemaRef;
 
+use super::protocol::CallContext;
 use super::response::rpc_error_from;
 use super::state::AppState;
 use crate::wire::{batch_buffer_size, write_stream, ErrorCode, MetaBatch, RpcError};
@@ -42,8 +43,9 @@ pub(crate) async fn emit_cycle(
     data: MetaBatch,
     logs_in_object: bool,
     limit: Option<u64>,
-    method: &str,
+    ctx: &CallContext,
 ) -> Result<Emitted, RpcError> {
+    let method = ctx.method();
     let externalizer = st
         .externalizer
         .as_ref()
@@ -52,6 +54,7 @@ pub(crate) async fn emit_cycle(
     let mut externalize = externalizer
         .map(|x| size >= x.config().threshold_bytes)
         .unwrap_or(false);
+    reserve_emit(ctx, size).await?;
     if !externalize {
         // Encoding to measure is only worth it near the budget.
         if let Some(limit) = limit.filter(|l| size.saturating_add(1 << 20) >= *l) {
@@ -105,4 +108,16 @@ pub(crate) async fn emit_cycle(
         batches: wire,
         externalized_bytes: ext.stored_bytes,
     })
+}
+
+/// Reserves what emitting a result of `size` bytes costs beyond what the call holds for it
+/// already: the result's own bytes are the handler's (reserved, or part of the request it
+/// echoes), and [`CallContext::reserve_result`] may have covered the encoding too.
+async fn reserve_emit(ctx: &CallContext, size: u64) -> Result<(), RpcError> {
+    let cost = ctx.memory().emit_cost(size);
+    let covered = size.max(ctx.reserved());
+    ctx.memory()
+        .reserve(cost.saturating_sub(covered))
+        .await
+        .map_err(|e| e.to_rpc_error())
 }

@@ -8,8 +8,14 @@
 //! which then has no [`PeerCertificate`]). Connection-level policy lives here and only here:
 //! the TLS handshake and its timeout, the request extensions every request gets
 //! ([`ConnectInfo`] with the peer address, and the [`PeerCertificate`] when the client
-//! presented one). Further per-connection bounds (header read timeouts, connection limits)
-//! belong here too, as fields of [`ServeOptions`], so plain and TLS listeners get them alike.
+//! presented one), and the bounds that keep a crowd of slow or idle sockets from taking the
+//! replica down, as fields of [`ServeOptions`], so plain and TLS listeners get them alike:
+//! - at most `max_connections` open connections: past it, accepting pauses (new connections
+//!   wait in the kernel's backlog) until one closes;
+//! - a header read timeout: a connection that does not finish a request's headers within it
+//!   is closed, and so is a keep-alive connection idle that long between requests;
+//! - a minimum request-body rate ([`BodyRate`]): a body dribbled slower is cut off and the
+//!   call answered 408.
 //!
 //! HTTP/2 is offered by ALPN under TLS and accepted with prior knowledge (h2c) in the clear,
 //! as hyper-util's auto builder does.
@@ -32,6 +38,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -44,6 +51,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use super::body_rate::{BodyRate, RateLimited};
 use super::tls::{PeerCertificate, ServerTls};
 use crate::error::Result;
 
@@ -52,10 +60,29 @@ use crate::error::Result;
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How [`serve`] serves connections.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Serve HTTPS with this TLS setup; `None`: plain HTTP.
     pub tls: Option<ServerTls>,
+    /// Most connections open at once (`None`: no limit).
+    pub max_connections: Option<usize>,
+    /// Longest wait for a request's headers, and for the next request on an idle keep-alive
+    /// connection (`None`: no limit).
+    pub header_timeout: Option<Duration>,
+    /// The minimum request-body rate.
+    pub body_rate: BodyRate,
+}
+
+impl Default for ServeOptions {
+    /// 4096 connections, a 15 s header timeout, bodies at 1 KiB/s after 10 s.
+    fn default() -> Self {
+        ServeOptions {
+            tls: None,
+            max_connections: Some(4096),
+            header_timeout: Some(Duration::from_secs(15)),
+            body_rate: BodyRate::default(),
+        }
+    }
 }
 
 impl ServeOptions {
@@ -88,9 +115,46 @@ where
     let (stop_tx, stop_rx) = watch::channel(false);
     let (closed_tx, closed_rx) = watch::channel(());
     let _reloader = options.tls.as_ref().map(ServerTls::spawn_reloader);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if let Some(timeout) = options.header_timeout {
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(timeout);
+        // HTTP/2 has no header timeout of its own: pings find peers that went away.
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(timeout)
+            .keep_alive_timeout(timeout);
+    }
+    let slots = options
+        .max_connections
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // At the limit, stop accepting until a connection closes: the kernel's backlog holds
+        // the next ones, and nothing is accepted only to be dropped.
+        let slot = match &slots {
+            None => None,
+            Some(slots) => {
+                let permit = match slots.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        metrics::counter!("spillway_connection_limit_waits_total").increment(1);
+                        tracing::debug!("connection limit reached; accepting pauses");
+                        tokio::select! {
+                            p = slots.clone().acquire_owned() => match p {
+                                Ok(p) => p,
+                                Err(_) => break,
+                            },
+                            () = &mut shutdown => break,
+                        }
+                    }
+                };
+                Some(permit)
+            }
+        };
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -110,8 +174,10 @@ where
             builder: builder.clone(),
             tls: options.tls.clone(),
             remote,
+            body_rate: options.body_rate,
             stop: stop_rx.clone(),
             _closed: closed_rx.clone(),
+            _slot: slot.map(OpenConnection::new),
         };
         tokio::spawn(conn.run(tcp));
     }
@@ -138,9 +204,28 @@ struct Connection {
     builder: auto::Builder<TokioExecutor>,
     tls: Option<ServerTls>,
     remote: SocketAddr,
+    body_rate: BodyRate,
     stop: watch::Receiver<bool>,
     /// Dropped when the connection is done: the serve loop waits for all of these.
     _closed: watch::Receiver<()>,
+    /// The connection's place under `max_connections`.
+    _slot: Option<OpenConnection>,
+}
+
+/// A counted open connection: its slot, and the open-connections gauge.
+struct OpenConnection(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl OpenConnection {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("spillway_connections_open").increment(1.0);
+        OpenConnection(permit)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("spillway_connections_open").decrement(1.0);
+    }
 }
 
 impl Connection {
@@ -186,12 +271,18 @@ impl Connection {
     {
         let app = self.app.clone();
         let remote = self.remote;
+        let rate = self.body_rate;
         let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
             let extensions = req.extensions_mut();
             extensions.insert(ConnectInfo(remote));
             if let Some(peer) = &peer {
                 extensions.insert(peer.clone());
             }
+            let req = if rate.enabled() {
+                req.map(|b| axum::body::Body::new(RateLimited::new(b, rate)))
+            } else {
+                req.map(axum::body::Body::new)
+            };
             app.clone().oneshot(req)
         });
         let conn = self

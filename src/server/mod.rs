@@ -19,15 +19,18 @@
 // and boxing it on these cold error paths would only add noise.
 #![allow(clippy::result_large_err)]
 
+mod admission;
 pub mod auth;
 pub mod authz;
 mod body;
+pub mod body_rate;
 mod compress;
 mod config;
 pub mod cors;
 mod emit;
 mod invoke;
 pub mod listener;
+pub mod memory;
 pub mod ops;
 mod pointers;
 mod protocol;
@@ -50,6 +53,7 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use spillway_storage::Storage;
 
+pub use admission::AdmissionConfig;
 pub use config::{normalize_prefix, ServerConfig};
 pub use protocol::{
     empty_schema, is_valid_protocol_name, parse_semver, CallContext, HandlerResult, Method,
@@ -74,6 +78,7 @@ pub struct Server {
     auth: Option<Arc<dyn auth::Authenticator>>,
     authz: Option<Arc<authz::AuthzPolicy>>,
     oauth: Option<auth::OAuthResourceMetadata>,
+    drain: Drain,
 }
 
 impl Server {
@@ -88,7 +93,15 @@ impl Server {
             auth: None,
             authz: None,
             oauth: None,
+            drain: Drain::default(),
         }
+    }
+
+    /// A handle that starts draining: once [`Drain::start`] is called, `/readyz` answers 503
+    /// and new calls get 503 with `Connection: close`, while calls in flight finish. Call it
+    /// on SIGTERM, before stopping the listener.
+    pub fn drain_handle(&self) -> Drain {
+        self.drain.clone()
     }
 
     /// Serves RFC 9728 protected-resource metadata at
@@ -213,7 +226,18 @@ impl Server {
                 }
             }
         }
+        let emit = memory::EmitCost {
+            threshold: externalizer.as_ref().map(|x| x.config().threshold_bytes),
+            // Two chunks queued for the upload, one being filled, zstd's window and buffers.
+            pipeline: externalizer
+                .as_ref()
+                .map(|x| 4 * x.config().chunk_bytes.max(64 * 1024) as u64)
+                .unwrap_or(0),
+        };
+        let admission =
+            admission::Admission::new(&config.admission, emit, self.auth.is_some(), self.drain);
         let state = Arc::new(AppState {
+            admission,
             auth: self.auth,
             authz: self.authz,
             tokens,
@@ -242,7 +266,12 @@ impl Server {
             rpc = rpc.route(&route, post(upload::upload_url_init));
         }
         let gate = || axum::middleware::from_fn_with_state(state.clone(), auth::authenticate);
+        // The gate runs first (the outer layer), so admission knows the caller.
         let mut rpc = rpc
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                admission::admit,
+            ))
             .route_layer(gate())
             .route("/health", get(health).head(health).options(health_options));
         if let Some((path, routes)) = self.storage_routes {
@@ -277,6 +306,65 @@ impl Server {
         }
         // Bodies are capped by the handlers themselves (413 with the protocol's JSON body).
         (app.layer(axum::extract::DefaultBodyLimit::disable()), admin)
+    }
+}
+
+/// Drains a [`Server`] for shutdown (see [`Server::drain_handle`]), and counts its calls in
+/// flight.
+#[derive(Debug, Clone, Default)]
+pub struct Drain(Arc<DrainState>);
+
+#[derive(Debug, Default)]
+struct DrainState {
+    draining: std::sync::atomic::AtomicBool,
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Drain {
+    /// Readiness false, new calls refused with 503 and `Connection: close`; calls in flight
+    /// go on.
+    pub fn start(&self) {
+        self.0
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether draining has started.
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Calls admitted whose response has not been sent yet.
+    pub fn in_flight(&self) -> usize {
+        self.0.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves when no call is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.0.idle.notified();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn call_started(&self) {
+        self.0
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn call_ended(&self) {
+        let before = self
+            .0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if before == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 

@@ -63,6 +63,10 @@ async fn livez() -> Response {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    // Draining for shutdown: out of the load balancer at once, whatever the store says.
+    if st.admission.drain.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
     let mut last = st.readiness.last.lock().await;
     let verdict = match last.as_ref() {
         Some((at, v)) if at.elapsed() < READY_CACHE => v.clone(),

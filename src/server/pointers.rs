@@ -11,19 +11,23 @@ use arrow_schema::SchemaRef;
 use spillway_storage::{collect_capped, CappedError, Storage, StorageError};
 use url::Url;
 
+use super::memory::CallMemory;
 use super::state::AppState;
 use crate::error::{Error, Result};
-use crate::object::{decode_content, resolve_object, ResolvedBatch};
+use crate::object::{decode_content, decode_content_metered, resolve_object, ResolvedBatch};
 use crate::wire::{keys, Metadata};
 
 /// Resolves the pointer `outer` (metadata `md`) into the request batch it stands for, which
 /// must be on `params`.
+///
+/// The object's bytes and its decoded form are reserved in the call's `memory` as they are
+/// read and decoded (503 when the budget has no room for them).
 pub(crate) async fn resolve_request_pointer(
     st: &AppState,
-    _outer: &RecordBatch,
     md: &Metadata,
     params: &SchemaRef,
     request_id: &str,
+    memory: &CallMemory,
 ) -> Result<ResolvedBatch> {
     let raw_url = md
         .get(keys::LOCATION)
@@ -60,6 +64,11 @@ pub(crate) async fn resolve_request_pointer(
     let started = Instant::now();
     let cap = st.config.max_upload_bytes;
     let got = storage.get(&key, None).await?;
+    // The stored size is known before the first byte is read; one over the cap is refused
+    // below without reserving it.
+    if got.meta.size <= cap {
+        memory.reserve(got.meta.size).await?;
+    }
     let too_large = |size: String| Error::TooLarge {
         what: format!("request object of {size} bytes"),
         limit_name: "max_fetch_bytes",
@@ -81,8 +90,15 @@ pub(crate) async fn resolve_request_pointer(
     let params = params.clone();
     let source = raw_url.clone();
     tracing::debug!(request_id, url = %redacted, bytes = buf.len(), "resolving request pointer");
+    let memory = memory.clone();
     tokio::task::spawn_blocking(move || {
-        let decoded = decode_content(buf, encoding.as_deref(), cap)?;
+        let decoded = if encoding.is_some() {
+            decode_content_metered(buf, encoding.as_deref(), cap, &mut |n| {
+                memory.reserve_blocking(n).map_err(Error::from)
+            })?
+        } else {
+            decode_content(buf, None, cap)?
+        };
         resolve_object(decoded, &params, sha.as_deref(), &source, started.elapsed())
     })
     .await

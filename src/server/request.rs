@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use super::body::{check_content_type, read_body};
+use super::memory::CallMemory;
 use super::pointers::resolve_request_pointer;
 use super::protocol::{parse_semver, Method, Protocol};
 use super::response::{rpc_error_from, ApiError};
@@ -82,9 +83,10 @@ pub(crate) async fn read_single_batch(
     st: &AppState,
     headers: &HeaderMap,
     body: Body,
+    memory: &CallMemory,
 ) -> Result<MetaBatch, Failure> {
     check_content_type(headers).map_err(Failure::Raw)?;
-    let raw = read_body(headers, body, st.config.max_request_bytes)
+    let raw = read_body(headers, body, st.config.max_request_bytes, memory)
         .await
         .map_err(Failure::Raw)?;
     let request = read_stream(raw, ReadLimits::default())
@@ -100,6 +102,7 @@ pub(crate) async fn read_single_batch(
 }
 
 /// Steps 1-5 of the spec's processing order for a unary call or a stream `/init`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn read_call(
     st: &AppState,
     protocol_name: &str,
@@ -108,19 +111,20 @@ pub(crate) async fn read_call(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
+    memory: &CallMemory,
 ) -> Result<CallRequest, Failure> {
     let client_max = parse_accept_max(headers)?;
     let (protocol, method) = route(st, uri, protocol_name, method_name)?;
     let MetaBatch {
         batch: outer,
         metadata,
-    } = read_single_batch(st, headers, body).await?;
+    } = read_single_batch(st, headers, body, memory).await?;
     check_dispatch(&metadata, protocol_name, method_name)?;
     let params_schema = method.params().clone();
     check_params_schema(method_name, &params_schema, outer.schema_ref())?;
     check_protocol_version(&protocol, &metadata)?;
     let params = if is_pointer(&outer, &metadata) {
-        let resolved = resolve_request_pointer(st, &outer, &metadata, &params_schema, request_id)
+        let resolved = resolve_request_pointer(st, &metadata, &params_schema, request_id, memory)
             .await
             .map_err(|e| ApiError::server(rpc_error_from(&e)))?;
         resolved.batch.batch

@@ -5,6 +5,7 @@ use arrow_schema::SchemaRef;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::memory::OVERLOADED_ERROR;
 use super::protocol::empty_schema;
 use crate::error::Error;
 use crate::wire::{http, write_stream, ErrorCode, MetaBatch, RpcError, ARROW_STREAM_CONTENT_TYPE};
@@ -166,18 +167,45 @@ impl IntoResponse for ApiError {
             .error
             .to_batch(&self.schema, self.request_id.as_deref());
         let body = write_stream(&self.schema, &[batch]).unwrap_or_default();
+        // A refusal of the memory budget, wherever in the call it happened, is a 503 the
+        // client may retry (see `memory`), not a failure of the method.
+        let retry_after = (self.error.error_type == OVERLOADED_ERROR
+            && self.error.code == ErrorCode::Unavailable)
+            .then(|| retry_delay(&self.error));
+        let status = match retry_after {
+            Some(_) => Some(StatusCode::SERVICE_UNAVAILABLE),
+            None => self.status,
+        };
         let mut resp = (
-            self.status.unwrap_or(StatusCode::OK),
+            status.unwrap_or(StatusCode::OK),
             [(header::CONTENT_TYPE, ARROW_STREAM_CONTENT_TYPE)],
             body,
         )
             .into_response();
-        if self.status.is_none() {
+        if status.is_none() {
             resp.headers_mut()
                 .insert(RPC_ERROR_HEADER, HeaderValue::from_static("true"));
         }
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
+}
+
+/// The `retry_delay_seconds` of an error's `vgi_rpc.RetryInfo` detail, at least 1 s.
+fn retry_delay(e: &RpcError) -> u64 {
+    e.details()
+        .and_then(|d| serde_json::from_str::<Vec<serde_json::Value>>(d).ok())
+        .and_then(|details| {
+            details
+                .iter()
+                .find(|d| d["@type"] == "vgi_rpc.RetryInfo")
+                .and_then(|d| d["retry_delay_seconds"].as_f64())
+        })
+        .map(|s| s.ceil().max(1.0) as u64)
+        .unwrap_or(1)
 }
 
 /// A transport-level error with a JSON body, as the reference answers 413 and some 415s.
@@ -206,6 +234,7 @@ pub(crate) fn request_too_large(cap: u64) -> Response {
 pub(crate) fn rpc_error_from(e: &Error) -> RpcError {
     match e {
         Error::Rpc(r) => (**r).clone(),
+        Error::Admission(a) => a.to_rpc_error(),
         Error::ExternalizedTooLarge { .. } => {
             RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::ResourceExhausted)
         }

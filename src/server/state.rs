@@ -7,6 +7,7 @@ use std::time::Instant;
 use spillway_storage::Storage;
 use tokio::sync::Mutex;
 
+use super::admission::Admission;
 use super::auth::Authenticator;
 use super::authz::AuthzPolicy;
 use super::config::ServerConfig;
@@ -27,6 +28,8 @@ pub(crate) struct AppState {
     pub(crate) auth: Option<Arc<dyn Authenticator>>,
     /// What they may call: `None` = everything.
     pub(crate) authz: Option<Arc<AuthzPolicy>>,
+    /// The memory budget, call slots and draining flag.
+    pub(crate) admission: Admission,
 }
 
 /// The cached readiness verdict of `/readyz`.

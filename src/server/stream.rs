@@ -15,7 +15,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 
-use super::auth::AuthContext;
+use super::admission::Admitted;
 use super::emit::{emit_cycle, response_limit, response_too_large};
 use super::invoke::{conform_result, run_handler};
 use super::pointers::resolve_request_pointer;
@@ -117,7 +117,7 @@ pub(crate) async fn init_route(
     State(st): State<Arc<AppState>>,
     Path((protocol, method)): Path<(String, String)>,
     Extension(RequestId(rid)): Extension<RequestId>,
-    Extension(auth): Extension<Arc<AuthContext>>,
+    Extension(Admitted { auth, memory }): Extension<Admitted>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -126,7 +126,7 @@ pub(crate) async fn init_route(
     if let Ok((_, Method::Unary(_))) = route(&st, &uri, &protocol, &method) {
         return not_a_stream(&method, rid);
     }
-    let call = match read_call(&st, &protocol, &method, rid, &uri, &headers, body).await {
+    let call = match read_call(&st, &protocol, &method, rid, &uri, &headers, body, &memory).await {
         Ok(c) => c,
         Err(f) => return f.into_response(rid),
     };
@@ -140,6 +140,7 @@ pub(crate) async fn init_route(
         call.metadata,
         rid,
         auth.clone(),
+        memory,
     );
     let started = run_handler(&st, &method, (sm.init)(ctx.clone(), call.params)).await;
     let start = match started {
@@ -195,7 +196,7 @@ pub(crate) async fn init_route(
                     MetaBatch::plain(h),
                     false,
                     limit,
-                    &method,
+                    &ctx,
                 )
                 .await
             }
@@ -323,7 +324,7 @@ async fn produce_step(
         batch,
         metadata: md,
     };
-    match emit_cycle(st, output, logs, data, true, limit, method).await {
+    match emit_cycle(st, output, logs, data, true, limit, ctx).await {
         Ok(e) => Ok(Step {
             batches: e.batches,
             state: out.state,
@@ -386,7 +387,7 @@ pub(crate) async fn exchange_route(
     State(st): State<Arc<AppState>>,
     Path((protocol, method)): Path<(String, String)>,
     Extension(RequestId(rid)): Extension<RequestId>,
-    Extension(auth): Extension<Arc<AuthContext>>,
+    Extension(Admitted { auth, memory }): Extension<Admitted>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -403,7 +404,7 @@ pub(crate) async fn exchange_route(
     let Method::Stream(sm) = m else {
         return not_a_stream(&method, rid);
     };
-    let request = match read_single_batch(&st, &headers, body).await {
+    let request = match read_single_batch(&st, &headers, body, &memory).await {
         Ok(b) => b,
         Err(f) => return f.into_response(rid),
     };
@@ -440,7 +441,14 @@ pub(crate) async fn exchange_route(
     let mut app_md = md.clone();
     app_md.remove(keys::STREAM_STATE);
     app_md.remove(keys::CALL_STATE);
-    let ctx = CallContext::for_turn(proto.name(), &method, app_md.clone(), rid, auth.clone());
+    let ctx = CallContext::for_turn(
+        proto.name(),
+        &method,
+        app_md.clone(),
+        rid,
+        auth.clone(),
+        memory.clone(),
+    );
     if md.contains_key(keys::CANCEL) {
         if let Some(cancel) = &sm.cancel {
             cancel(ctx.clone(), state).await;
@@ -481,7 +489,7 @@ pub(crate) async fn exchange_route(
     // Exchange turn: the input, resolved when it is a pointer (tokens came from the outer batch).
     let (input, input_md) = if is_pointer(&request.batch, &request.metadata) {
         let pointer_schema = request.batch.schema();
-        match resolve_request_pointer(&st, &request.batch, md, &pointer_schema, rid).await {
+        match resolve_request_pointer(&st, md, &pointer_schema, rid, &memory).await {
             Ok(resolved) => {
                 let mut inner = resolved.batch.metadata;
                 inner.remove(keys::STREAM_STATE);
@@ -497,7 +505,14 @@ pub(crate) async fn exchange_route(
         Ok(i) => i,
         Err(e) => return fail(Vec::new(), e),
     };
-    let ctx = CallContext::for_turn(proto.name(), &method, input_md.clone(), rid, auth.clone());
+    let ctx = CallContext::for_turn(
+        proto.name(),
+        &method,
+        input_md.clone(),
+        rid,
+        auth.clone(),
+        memory,
+    );
     let turn = StreamTurn {
         state,
         input: Some(input),
@@ -531,7 +546,7 @@ pub(crate) async fn exchange_route(
         batch,
         metadata: out_md,
     };
-    match emit_cycle(&st, &output, logs, data, true, limit, &method).await {
+    match emit_cycle(&st, &output, logs, data, true, limit, &ctx).await {
         Ok(e) => step_response(
             &output,
             &e.batches,

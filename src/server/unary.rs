@@ -9,7 +9,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 
-use super::auth::AuthContext;
+use super::admission::Admitted;
 use super::emit::{emit_cycle, response_limit};
 use super::invoke::{conform_result, run_handler};
 use super::protocol::{CallContext, Method, UnaryMethod};
@@ -23,12 +23,16 @@ pub(crate) async fn unary(
     State(st): State<Arc<AppState>>,
     Path((protocol, method)): Path<(String, String)>,
     Extension(rid): Extension<RequestId>,
-    Extension(auth): Extension<Arc<AuthContext>>,
+    Extension(Admitted { auth, memory }): Extension<Admitted>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let call = match read_call(&st, &protocol, &method, &rid.0, &uri, &headers, body).await {
+    let call = match read_call(
+        &st, &protocol, &method, &rid.0, &uri, &headers, body, &memory,
+    )
+    .await
+    {
         Ok(c) => c,
         Err(f) => return f.into_response(&rid.0),
     };
@@ -42,7 +46,15 @@ pub(crate) async fn unary(
             .into_response()
         }
     };
-    match invoke(&st, &method, &unary, call, &rid.0, auth).await {
+    let ctx = CallContext::new(
+        call.protocol.name(),
+        &method,
+        call.metadata.clone(),
+        &rid.0,
+        auth,
+        memory,
+    );
+    match invoke(&st, &unary, call, ctx).await {
         Ok(resp) => resp,
         Err(f) => f.into_response(&rid.0),
     }
@@ -59,14 +71,12 @@ fn void_batch() -> Result<RecordBatch, ApiError> {
 
 async fn invoke(
     st: &AppState,
-    method_name: &str,
     method: &UnaryMethod,
     call: CallRequest,
-    request_id: &str,
-    auth: Arc<AuthContext>,
+    ctx: CallContext,
 ) -> Result<Response, Failure> {
-    let protocol = call.protocol.name().to_string();
-    let ctx = CallContext::new(&protocol, method_name, call.metadata, request_id, auth);
+    let method_name = ctx.method().to_string();
+    let method_name = method_name.as_str();
     let result_schema: &SchemaRef = &method.result;
     let fail = |e: RpcError| Failure::Api(ApiError::server(e).on_schema(result_schema));
     let fut = (method.handler)(ctx.clone(), call.params);
@@ -94,7 +104,7 @@ async fn invoke(
         MetaBatch::plain(batch),
         false,
         limit,
-        method_name,
+        &ctx,
     )
     .await
     .map_err(fail)?;

@@ -11,6 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use spillway_storage::PresignMethod;
 
+use super::admission::Admitted;
 use super::body::{check_content_type, read_body};
 use super::response::{arrow_response, rpc_error_from, ApiError};
 use super::state::{AppState, RequestId};
@@ -39,6 +40,7 @@ pub fn upload_url_schema() -> SchemaRef {
 pub(crate) async fn upload_url_init(
     State(st): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
+    Extension(Admitted { memory, .. }): Extension<Admitted>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -46,7 +48,7 @@ pub(crate) async fn upload_url_init(
         return resp;
     }
     // The cap applies here too, and is checked before anything is allocated in storage.
-    let raw = match read_body(&headers, body, st.config.max_request_bytes).await {
+    let raw = match read_body(&headers, body, st.config.max_request_bytes, &memory).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };

@@ -80,9 +80,15 @@ def test_defaults():
         "SPILLWAY_PUBLIC_URL": SERVICE_URL,
         "SPILLWAY_SHUTDOWN_GRACE": "25",
         "SPILLWAY_LOG_FORMAT": "json",
+        "SPILLWAY_MEMORY_LIMIT": "70%",
+        # The budget follows the container's memory limit.
+        "SPILLWAY_CONTAINER_MEMORY": {
+            "resourceFieldRef": {"containerName": "spillway", "resource": "limits.memory"}
+        },
         "SPILLWAY_STORAGE": "local",
         "SPILLWAY_LOCAL_DIR": "/var/lib/spillway/objects",
     }
+    assert r.container()["resources"]["limits"]["memory"] == "2Gi"
     c = r.container()
     assert c["args"] == ["serve"]
     assert c["image"] == "spillway:0.1.0"
@@ -138,6 +144,16 @@ def test_local_values_map_every_server_setting():
         "SPILLWAY_LOCAL_DIR": "/var/lib/spillway/objects",
         "SPILLWAY_LOCAL_RETENTION": "3600",
         "SPILLWAY_SIGNING_SECRET": secret_ref("spillway-signing", "signing-secret"),
+        "SPILLWAY_MEMORY_LIMIT": "1GiB",
+        # Fractions stay fractions; whole numbers print without ".0".
+        "SPILLWAY_ADMISSION_TIMEOUT": "2.5",
+        "SPILLWAY_ADMISSION_QUEUE": "256",
+        "SPILLWAY_MAX_CONCURRENT_CALLS": "64",
+        "SPILLWAY_PRINCIPAL_SHARE": "0.25",
+        "SPILLWAY_MAX_CONNECTIONS": "1000",
+        "SPILLWAY_HEADER_TIMEOUT": "10",
+        "SPILLWAY_MIN_BODY_RATE": "4096",
+        "SPILLWAY_BODY_RATE_GRACE": "5",
     }
     for name, value in expected.items():
         assert env[name] == value, name
@@ -414,3 +430,10 @@ def test_values_files_combine():
     """A user's file on top of a ci file, as `helm install -f a -f b` would."""
     values = merge(load_values(CHART / "ci" / "minio-values.yaml"), {"storage": {"s3": {"pathStyle": False}}})
     assert render(values).env()["SPILLWAY_S3_PATH_STYLE"] == "false"
+
+
+def test_without_a_memory_limit_the_server_reads_its_cgroup():
+    r = render({"resources": {"limits": None}})
+    env = r.env()
+    assert "SPILLWAY_CONTAINER_MEMORY" not in env
+    assert env["SPILLWAY_MEMORY_LIMIT"] == "70%"

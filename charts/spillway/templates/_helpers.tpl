@@ -203,7 +203,14 @@ Values arrive as floats, so integers are printed whole. Call as (list NAME VALUE
 {{- $out := "" }}
 {{- if kindIs "bool" $v }}
 {{- $out = ternary "true" "false" $v }}
-{{- else if or (kindIs "float64" $v) (kindIs "int" $v) (kindIs "int64" $v) }}
+{{- else if kindIs "float64" $v }}
+{{- /* YAML numbers arrive as float64: whole ones without ".0", fractions (0.5 s) as they are */}}
+{{- if eq (float64 (int64 $v)) $v }}
+{{- $out = int64 $v | toString }}
+{{- else }}
+{{- $out = toString $v }}
+{{- end }}
+{{- else if or (kindIs "int" $v) (kindIs "int64" $v) }}
 {{- $out = int64 $v | toString }}
 {{- else }}
 {{- $out = toString $v }}

@@ -1,9 +1,12 @@
 //! What a handler knows about its call, and how it talks back besides its result (logs, a
 //! pre-published pointer).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::server::auth::AuthContext;
+use crate::server::memory::CallMemory;
+use crate::wire::RpcError;
 use crate::wire::{LogMessage, Metadata};
 
 /// A pre-published pointer: URL and optional sha256.
@@ -19,6 +22,9 @@ pub struct CallContext {
     auth: Arc<AuthContext>,
     logs: Arc<Mutex<Vec<LogMessage>>>,
     pointer: Arc<Mutex<Option<PrePublished>>>,
+    memory: CallMemory,
+    /// Bytes the handler reserved through [`CallContext::reserve`].
+    reserved: Arc<AtomicU64>,
 }
 
 impl CallContext {
@@ -28,6 +34,7 @@ impl CallContext {
         metadata: Metadata,
         request_id: &str,
         auth: Arc<AuthContext>,
+        memory: CallMemory,
     ) -> Self {
         CallContext {
             protocol: protocol.into(),
@@ -37,7 +44,43 @@ impl CallContext {
             auth,
             logs: Arc::default(),
             pointer: Arc::default(),
+            memory,
+            reserved: Arc::default(),
         }
+    }
+
+    /// Reserves `bytes` of the server's memory budget for this call, until its response has
+    /// been sent: call it before allocating large buffers, so that a burst of calls waits for
+    /// memory instead of exhausting it. Waits for room up to the admission timeout; the error
+    /// (return it as is) answers the call with 503 and `Retry-After`, which clients retry, so
+    /// reserve before any side effect.
+    ///
+    /// The request's own bytes are already counted; so is the encoding of the result, except
+    /// for what [`CallContext::reserve_result`] covers.
+    pub async fn reserve(&self, bytes: u64) -> Result<(), RpcError> {
+        self.memory
+            .reserve(bytes)
+            .await
+            .map_err(|e| e.to_rpc_error())?;
+        self.reserved.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reserves what returning a result of `bytes` buffer bytes costs: the result itself and
+    /// its encoding (inline, or the object written to storage), so nothing waits later. The
+    /// demo protocol's generators call this with the size they are asked for.
+    pub async fn reserve_result(&self, bytes: u64) -> Result<(), RpcError> {
+        self.reserve(self.memory.emit_cost(bytes)).await
+    }
+
+    /// Bytes the handler reserved.
+    pub(crate) fn reserved(&self) -> u64 {
+        self.reserved.load(Ordering::Relaxed)
+    }
+
+    /// The call's memory.
+    pub(crate) fn memory(&self) -> &CallMemory {
+        &self.memory
     }
 
     /// Answers this call with a pointer to an object published beforehand (an "external
@@ -125,7 +168,8 @@ impl CallContext {
         metadata: Metadata,
         request_id: &str,
         auth: Arc<AuthContext>,
+        memory: CallMemory,
     ) -> Self {
-        Self::new(protocol, method, metadata, request_id, auth)
+        Self::new(protocol, method, metadata, request_id, auth, memory)
     }
 }
