@@ -127,13 +127,25 @@ impl Served {
     }
 }
 
-/// The exit status, the JSON report (`Null` when stdout is not JSON) and stderr of one
-/// `spillway-bench load --json ARGS...`.
-async fn load(args: &[&str]) -> (std::process::ExitStatus, Value, String) {
+/// One `spillway-bench load` run.
+struct Run {
+    status: std::process::ExitStatus,
+    /// The `--json-file` report (`Null` when none was written).
+    report: Value,
+    /// The table (or, with `--json`, the JSON report).
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `spillway-bench load ARGS... --json-file <temp file>`.
+async fn run_load(args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
     let child = tokio::process::Command::new(BENCH)
         .arg("load")
-        .arg("--json")
         .args(args)
+        .arg("--json-file")
+        .arg(&json)
         // Nothing inherited but PATH: no proxy variables, no SPILLWAY_*.
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -147,12 +159,21 @@ async fn load(args: &[&str]) -> (std::process::ExitStatus, Value, String) {
         .await
         .expect("spillway-bench load did not end")
         .unwrap();
-    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (
-        out.status,
+    let report = std::fs::read(&json)
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .unwrap_or(Value::Null);
+    Run {
+        status: out.status,
         report,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The exit status, the JSON report and stderr of one run.
+async fn load(args: &[&str]) -> (std::process::ExitStatus, Value, String) {
+    let run = run_load(args).await;
+    (run.status, run.report, run.stderr)
 }
 
 fn n(v: &Value) -> u64 {
@@ -181,7 +202,7 @@ async fn a_verified_mix_of_every_demo_call_passes_against_spillway_serve() {
         STREAM_COUNT.to_string(),
         STREAM_BYTES.to_string(),
     );
-    let (status, report, stderr) = load(&[
+    let run = run_load(&[
         "--url",
         &server.url,
         "--clients",
@@ -203,9 +224,20 @@ async fn a_verified_mix_of_every_demo_call_passes_against_spillway_serve() {
         &pid,
     ])
     .await;
+    let Run {
+        status,
+        report,
+        stdout: table,
+        stderr,
+    } = run;
     assert!(status.success(), "{status}: {report:#}\n{stderr}");
     assert_eq!(report["passed"], true, "{report:#}");
     assert_eq!(report["verify"], true);
+    // The table has a row per kind and one for all, and the verdict.
+    for kind in ["small", "echo", "blob", "stream", "all"] {
+        assert!(table.contains(&format!("\n| {kind} | ")), "{table}");
+    }
+    assert!(table.ends_with("result: PASS\n"), "{table}");
     for kind in ["small", "echo", "blob", "stream"] {
         let k = &report["kinds"][kind];
         assert!(n(&k["ok"]) > 0, "no {kind} call succeeded: {report:#}");
@@ -275,7 +307,7 @@ async fn a_verified_mix_of_every_demo_call_passes_against_spillway_serve() {
 async fn an_unexpected_error_fails_the_run() {
     let Some(bin) = spillway_bin() else { return };
     let server = Served::start(&bin);
-    let (status, report, stderr) = load(&[
+    let run = run_load(&[
         "--url",
         &server.url,
         "--clients",
@@ -286,9 +318,18 @@ async fn an_unexpected_error_fails_the_run() {
         "small=1",
         "--protocol",
         "no.such.Protocol.v1",
+        "--json",
     ])
     .await;
+    let Run {
+        status,
+        report,
+        stdout,
+        stderr,
+    } = run;
     assert_eq!(status.code(), Some(1), "{report:#}\n{stderr}");
+    // --json prints the same report as --json-file writes.
+    assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap(), report);
     assert_eq!(report["passed"], false);
     let small = &report["kinds"]["small"];
     assert_eq!(n(&small["ok"]), 0, "{report:#}");
@@ -398,7 +439,12 @@ async fn a_wrong_byte_fails_the_verified_run() {
         .with_protocol(corrupting_echo())
         .router();
     let url = serve(router).await;
-    let (status, report, stderr) = load(&[
+    let Run {
+        status,
+        report,
+        stdout,
+        stderr,
+    } = run_load(&[
         "--url",
         &url,
         "--clients",
@@ -417,6 +463,12 @@ async fn a_wrong_byte_fails_the_verified_run() {
     assert!(n(&small["wrong"]) > 0, "{report:#}");
     let example = small["wrong_examples"][0].as_str().unwrap();
     assert_eq!(example, "echo: wrong byte at offset 63 of 64", "{report:#}");
+    assert!(
+        stdout.contains("wrong small: echo: wrong byte at offset 63 of 64"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("result: FAIL: "), "{stdout}");
+    assert!(stdout.contains(" wrong answers"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

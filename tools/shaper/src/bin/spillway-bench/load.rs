@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! ./target/release/spillway-bench load --url http://127.0.0.1:8080 --duration 5m --verify \
-//!     --server-pid "$(pgrep -n -x spillway)"
+//!     --server-pid "$(pgrep -n -x spillway)" --json-file load.json
 //! ./target/release/spillway-bench load --url http://127.0.0.1:PORT --mix echo_string=100   # conformance worker
 //! ```
 //!
@@ -125,6 +125,9 @@ pub(crate) struct LoadArgs {
     /// Print the report as JSON instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON report to this file (the table still goes to stdout).
+    #[arg(long)]
+    json_file: Option<PathBuf>,
     /// Count rejected calls (503, 429) as failures: for runs that must not shed load.
     #[arg(long)]
     fail_on_rejections: bool,
@@ -408,8 +411,13 @@ pub(crate) async fn run(a: LoadArgs) -> Result<bool, BoxError> {
         server,
         generator_peak_rss: rss::own_peak_rss(),
     };
+    let json = serde_json::to_string_pretty(&report.json())?;
+    if let Some(path) = &a.json_file {
+        std::fs::write(path, format!("{json}\n"))
+            .map_err(|e| format!("--json-file {}: {e}", path.display()))?;
+    }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report.json())?);
+        println!("{json}");
     } else {
         print!("{}", report.table());
     }
