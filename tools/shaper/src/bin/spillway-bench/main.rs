@@ -19,7 +19,10 @@
 //!   `get_ranges` coalesces adjacent ranges into one request, i.e. a single GET);
 //! - `reference`: a faithful Rust re-implementation of the reference (vgi-rpc Python)
 //!   algorithm, at the same concurrency (see `reference.rs`).
+//!
+//! `spillway-bench load` is the load generator for a running server (see `load.rs`).
 
+mod load;
 mod reference;
 
 use std::io::Read;
@@ -45,7 +48,10 @@ const ALL: &[&str] = &[
 ];
 
 #[derive(Parser)]
-#[command(name = "spillway-bench", about = "Spillway's fetch benchmark")]
+#[command(
+    name = "spillway-bench",
+    about = "Spillway's fetch benchmark and load generator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -55,6 +61,9 @@ struct Cli {
 enum Cmd {
     /// Run the benchmark and print the report.
     Run(RunArgs),
+    /// Load a running server with concurrent clients and report per call kind; exit status 1
+    /// on any wrong answer or unexpected error.
+    Load(load::LoadArgs),
     /// Serve the shaped store (run by `run` in a child process).
     #[command(hide = true)]
     Serve(StoreArgs),
@@ -174,6 +183,14 @@ fn main() -> Result<(), BoxError> {
     };
     match cli.command {
         Cmd::Run(args) => run(args),
+        Cmd::Load(args) => match runtime()?.block_on(load::run(args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("spillway-bench load: {e}");
+                std::process::exit(1)
+            }
+        },
         Cmd::Serve(args) => runtime()?.block_on(serve_store(args)),
         Cmd::Fetch(args) => {
             // `SPILLWAY_BENCH_LOG=spillway=debug` shows the engine's decisions per run.
