@@ -11,7 +11,10 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema};
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{BearerToken, CallRequest, Client, ClientConfig, ClientIdentity, FileToken};
+use crate::client::{
+    BearerToken, CallRequest, Client, ClientConfig, ClientIdentity, FileToken, RetryPolicy,
+    MAX_RETRIES,
+};
 use crate::config::{LogFormat, ServeArgs, StorageArgs, StorageKind};
 use crate::error::{Error, Result};
 use crate::fetch::CaBundle;
@@ -100,9 +103,24 @@ pub struct CallArgs {
     /// Send request bodies uncompressed.
     #[arg(long)]
     pub no_compression: bool,
-    /// Seconds allowed for the call.
+    /// Seconds allowed for the call: its requests, retries and their waits (the pointer
+    /// download has its own deadline, `--fetch-*`).
     #[arg(long, env = "SPILLWAY_CALL_TIMEOUT", default_value_t = 600)]
     pub timeout: u64,
+    /// Retries of a request the server refused before running it (429, or 503 with
+    /// Retry-After: overloaded or draining), after its Retry-After plus jittered backoff; 0
+    /// disables retrying.
+    #[arg(
+        long = "retries",
+        env = "SPILLWAY_CALL_RETRIES",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RETRIES))
+    )]
+    pub call_retries: u32,
+    /// Also retry the call after 502, 504, a 503 without Retry-After or a lost connection,
+    /// when the method may already have run: only for idempotent methods.
+    #[arg(long, env = "SPILLWAY_CALL_RETRY_IDEMPOTENT")]
+    pub retry_idempotent: bool,
     /// Bearer token sent as `Authorization: Bearer ...` on the RPC requests (never to storage
     /// URLs). Prefer `SPILLWAY_TOKEN_FILE`: a flag shows in the process list.
     #[arg(
@@ -327,6 +345,10 @@ async fn call(args: CallArgs) -> Result<()> {
         prefix: args.prefix.clone(),
         request_compression: if args.no_compression { None } else { Some(1) },
         timeout: Duration::from_secs(args.timeout.max(1)),
+        retry: RetryPolicy::default()
+            .with_max_retries(args.call_retries)
+            .with_deadline(Duration::from_secs(args.timeout.max(1)))
+            .idempotent(args.retry_idempotent),
         ..ClientConfig::default()
     };
     config.fetch.policy = UrlPolicy {

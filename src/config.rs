@@ -27,9 +27,11 @@ use {
 
 #[cfg(feature = "cli")]
 mod limits;
+#[cfg(feature = "cli")]
 mod security;
 #[cfg(feature = "cli")]
 pub use limits::{LimitsArgs, MemoryLimit};
+#[cfg(feature = "cli")]
 pub use security::{AuthMode, SecurityArgs};
 
 /// Where the local store's objects are served, under the server's prefix.

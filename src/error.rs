@@ -2,6 +2,7 @@
 
 use spillway_storage::StorageError;
 
+use crate::client::RetryStop;
 use crate::url_policy::PolicyRefusal;
 use crate::wire::RpcError;
 
@@ -84,6 +85,19 @@ pub enum Error {
         status: u16,
         /// The redacted URL.
         url: String,
+    },
+    /// A request the client retried (or was allowed to retry) failed for good: `last` is the
+    /// last attempt's error, as it would have been returned without retrying (an
+    /// [`Error::Rpc`] with code `UNAVAILABLE`, an [`Error::HttpStatus`], an [`Error::Http`]).
+    /// See [`RetryPolicy`](crate::client::RetryPolicy).
+    #[error("{last} (gave up after {attempts} {}: {stop})", if *attempts == 1 { "attempt" } else { "attempts" })]
+    RetriesExhausted {
+        /// Requests sent, the first one included.
+        attempts: u32,
+        /// Why no further attempt was made.
+        stop: RetryStop,
+        /// The last attempt's error.
+        last: Box<Error>,
     },
     /// The server refused the caller's credentials (HTTP 401, the vgi-rpc standard 401: the
     /// `{"error":"unauthorized","reason":..,"detail":..}` envelope and `VGI-Auth-Reason`).
@@ -230,6 +244,15 @@ impl From<RpcError> for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The error itself, or for [`Error::RetriesExhausted`] the last attempt's error: what
+    /// to match on when the attempt count does not matter.
+    pub fn last_attempt(&self) -> &Error {
+        match self {
+            Error::RetriesExhausted { last, .. } => last.last_attempt(),
+            other => other,
+        }
+    }
+
     /// Wraps a `reqwest` error without leaking the signed URL it may carry.
     pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
         let kind = if e.is_timeout() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::HeaderMap;
 
 use super::auth::{BearerToken, TokenProvider};
+use super::retry::RetryPolicy;
 use super::transport::{ClientIdentity, ClientProxy};
 use crate::fetch::{CaBundle, FetchConfig, ProgressFn};
 use crate::wire::http as wire_http;
@@ -55,9 +56,13 @@ pub struct ClientConfig {
     /// [`Error::TooLarge`](crate::Error::TooLarge) naming `max_response_bytes`. Pointer objects are capped by
     /// [`FetchConfig`] instead. Default 256 MiB.
     pub max_response_bytes: u64,
-    /// Time allowed for each RPC POST (and capability probe, upload PUT), body included.
-    /// Default 300 s.
+    /// Time allowed for each RPC POST (and capability probe, upload PUT), body included: per
+    /// attempt; [`RetryPolicy::deadline`] bounds a whole operation. Default 300 s.
     pub timeout: Duration,
+    /// How overload (429, 503 with `Retry-After`) and transient failures are retried, and
+    /// which requests may be sent again: see [`RetryPolicy`]. Default
+    /// [`RetryPolicy::default`] (3 retries); [`RetryPolicy::none`] disables retrying.
+    pub retry: RetryPolicy,
     /// Called while a pointer's object downloads.
     pub progress: Option<ProgressFn>,
     /// Send requests above the server's `max_request_bytes` (pre-flight) or refused with 413
@@ -87,6 +92,12 @@ impl ClientConfig {
         self
     }
 
+    /// This config with a retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
     /// This config with a token provider.
     pub fn with_token_provider(mut self, provider: Arc<dyn TokenProvider>) -> Self {
         self.token = Some(provider);
@@ -103,6 +114,7 @@ impl Default for ClientConfig {
             accept_max_response_bytes: 268_435_456,
             max_response_bytes: 256 * 1024 * 1024,
             timeout: Duration::from_secs(300),
+            retry: RetryPolicy::default(),
             progress: None,
             upload_large_requests: true,
             token: None,
@@ -123,6 +135,7 @@ impl fmt::Debug for ClientConfig {
             accept_max_response_bytes,
             max_response_bytes,
             timeout,
+            retry,
             progress,
             upload_large_requests,
             token,
@@ -137,6 +150,7 @@ impl fmt::Debug for ClientConfig {
             .field("accept_max_response_bytes", accept_max_response_bytes)
             .field("max_response_bytes", max_response_bytes)
             .field("timeout", timeout)
+            .field("retry", retry)
             .field("progress", &progress.as_ref().map(|_| "<fn>"))
             .field("upload_large_requests", upload_large_requests)
             .field("token", &token.as_ref().map(|_| "<redacted>"))

@@ -8,9 +8,10 @@ use bytes::Bytes;
 use super::auth::{authorization_value, BearerToken};
 use super::config::{Capabilities, ClientConfig, ACCEPT_MAX_RESPONSE_BYTES_HEADER};
 use super::response::{
-    content_encoding, decode_response_body, read_capped_body, unauthorized_error, RawResponse,
-    MAX_UNAUTHORIZED_BODY,
+    content_encoding, decode_response_body, parse_error_body, read_capped_body, unauthorized_error,
+    RawResponse, MAX_UNAUTHORIZED_BODY,
 };
+use super::retry::{self, verdict, Answer, Attempt, Deadline, Peer, Replay, Request};
 use super::Client;
 use crate::error::{Error, Result};
 use crate::url_policy::{PolicyResolver, UrlPolicy};
@@ -61,19 +62,21 @@ impl Client {
         }
     }
 
-    /// An RPC request to the server: `Authorization` added when a token is configured.
-    /// Every request to the server's RPC routes starts here; storage URLs never do.
+    /// An RPC request to the server: `Authorization` added when a token is configured, the
+    /// timeout cut to the operation's deadline. Every request to the server's RPC routes
+    /// starts here; storage URLs never do.
     async fn rpc_request(
         &self,
         method: reqwest::Method,
         url: &str,
+        deadline: &Deadline,
     ) -> Result<(reqwest::RequestBuilder, Option<BearerToken>)> {
         let token = self.bearer().await?;
         let mut req = self
             .inner
             .rpc_http
             .request(method, url)
-            .timeout(self.inner.config.timeout);
+            .timeout(deadline.attempt_timeout(self.inner.config.timeout));
         if let Some(t) = &token {
             req = req.header(reqwest::header::AUTHORIZATION, authorization_value(t)?);
         }
@@ -82,10 +85,43 @@ impl Client {
 
     /// `OPTIONS {prefix}/health`, read for its capability headers. The route needs no
     /// credential on a vgi-rpc server, but the token goes along for gateways that want one.
-    pub(super) async fn probe_capabilities(&self) -> Result<Capabilities> {
+    /// Replay-safe: retried after overload and transient failures alike.
+    pub(super) async fn probe_capabilities(&self, deadline: &Deadline) -> Result<Capabilities> {
         let url = format!("{}{}/health", self.inner.root, self.inner.prefix);
-        let (req, token) = self.rpc_request(reqwest::Method::OPTIONS, &url).await?;
-        let resp = req.send().await.map_err(Error::from_reqwest)?;
+        let url_ref = url.as_str();
+        let redacted = spillway_storage::redact_url(&url);
+        let http_status = |resp: reqwest::Response| Error::HttpStatus {
+            status: resp.status().as_u16(),
+            url: redacted.clone(),
+        };
+        let (resp, token) = retry::run(
+            &self.inner.config.retry,
+            deadline,
+            Request {
+                what: "probe",
+                url: &redacted,
+                replay: Replay::Safe,
+            },
+            || async {
+                let (req, token) = match self
+                    .rpc_request(reqwest::Method::OPTIONS, url_ref, deadline)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => return Attempt::Failed(e),
+                };
+                match req.send().await {
+                    Ok(resp) => {
+                        let v = verdict(Peer::Rpc, resp.status().as_u16(), resp.headers(), None);
+                        Attempt::Answered(Probed(resp, token), v)
+                    }
+                    Err(e) => Attempt::send_failed(e),
+                }
+            },
+            |Probed(resp, _)| http_status(resp),
+        )
+        .await
+        .map(|Probed(resp, token)| (resp, token))?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
             let headers = resp.headers().clone();
@@ -95,27 +131,63 @@ impl Client {
             return Err(unauthorized_error(&headers, &body, &url, token.as_ref()));
         }
         if !status.is_success() {
-            return Err(Error::HttpStatus {
-                status: status.as_u16(),
-                url: spillway_storage::redact_url(&url),
-            });
+            return Err(http_status(resp));
         }
         let caps = Capabilities::from_headers(resp.headers());
-        tracing::debug!(url = %spillway_storage::redact_url(&url), ?caps, "server capabilities");
+        tracing::debug!(url = %redacted, ?caps, "server capabilities");
         Ok(caps)
     }
 
     /// One RPC POST of an Arrow body (`zstd`: it is zstd-compressed), its response read within
-    /// `max_response_bytes` and decoded.
+    /// `max_response_bytes` and decoded; retried per the policy (`replay`: whether the request
+    /// may be sent again when its outcome is unknown). The body is `Bytes`: every attempt
+    /// sends the same bytes.
     pub(super) async fn post_once(
         &self,
         url: &str,
         caps: &Capabilities,
         body: Bytes,
         zstd: bool,
+        replay: Replay,
+        deadline: &Deadline,
     ) -> Result<RawResponse> {
+        let redacted = spillway_storage::redact_url(url);
+        retry::run(
+            &self.inner.config.retry,
+            deadline,
+            Request {
+                what: if replay == Replay::Safe {
+                    "control"
+                } else {
+                    "call"
+                },
+                url: &redacted,
+                replay,
+            },
+            || self.post_attempt(url, caps, body.clone(), zstd, deadline),
+            |resp| match resp.into_reply(url) {
+                Err(e) => e,
+                // Unreachable: only non-2xx answers are retried.
+                Ok(_) => Error::Protocol("retried a successful answer".into()),
+            },
+        )
+        .await
+    }
+
+    /// One attempt of [`Client::post_once`].
+    async fn post_attempt(
+        &self,
+        url: &str,
+        caps: &Capabilities,
+        body: Bytes,
+        zstd: bool,
+        deadline: &Deadline,
+    ) -> Attempt<RawResponse> {
         let config = &self.inner.config;
-        let (req, token) = self.rpc_request(reqwest::Method::POST, url).await?;
+        let (req, token) = match self.rpc_request(reqwest::Method::POST, url, deadline).await {
+            Ok(r) => r,
+            Err(e) => return Attempt::Failed(e),
+        };
         let mut req = req
             .header(reqwest::header::CONTENT_TYPE, ARROW_STREAM_CONTENT_TYPE)
             .header(reqwest::header::ACCEPT_ENCODING, "zstd, gzip");
@@ -128,7 +200,10 @@ impl Client {
                 config.accept_max_response_bytes.to_string(),
             );
         }
-        let resp = req.body(body).send().await.map_err(Error::from_reqwest)?;
+        let resp = match req.body(body).send().await {
+            Ok(r) => r,
+            Err(e) => return Attempt::send_failed(e),
+        };
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let encoding = content_encoding(&headers);
@@ -139,43 +214,97 @@ impl Client {
         } else {
             cap
         };
-        let wire = read_capped_body(resp, wire_cap, cap).await?;
-        let body = decode_response_body(wire, encoding, cap).await?;
-        Ok(RawResponse {
-            status,
-            headers,
-            body,
-            token,
-        })
+        let wire = match read_capped_body(resp, wire_cap, cap).await {
+            Ok(w) => w,
+            Err(e) => return Attempt::read_failed(e),
+        };
+        let body = match decode_response_body(wire, encoding, cap).await {
+            Ok(b) => b,
+            Err(e) => return Attempt::Failed(e),
+        };
+        let error = (!(200..300).contains(&status))
+            .then(|| parse_error_body(&body))
+            .flatten();
+        let v = verdict(Peer::Rpc, status, &headers, error.as_ref());
+        Attempt::Answered(
+            RawResponse {
+                status,
+                headers,
+                body,
+                token,
+            },
+            v,
+        )
     }
 
-    /// PUTs the original request bytes to a (policy-checked) upload URL.
-    pub(super) async fn put_upload(&self, upload_url: &str, raw: Bytes) -> Result<()> {
+    /// PUTs the original request bytes to a (policy-checked) upload URL. Replay-safe (the
+    /// whole object, the same bytes): retried after overload and transient failures alike.
+    pub(super) async fn put_upload(
+        &self,
+        upload_url: &str,
+        raw: Bytes,
+        deadline: &Deadline,
+    ) -> Result<()> {
         let len = raw.len();
-        // The upload client, not `rpc_request`: a vended URL gets no `Authorization`.
-        let resp = self
-            .inner
-            .upload_http
-            .put(upload_url)
-            .header(reqwest::header::CONTENT_TYPE, ARROW_STREAM_CONTENT_TYPE)
-            .timeout(self.inner.config.timeout)
-            .body(raw)
-            .send()
-            .await
-            .map_err(Error::from_reqwest)?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(Error::Http(format!(
-                "PUT to upload URL failed: HTTP {} ({})",
-                status.as_u16(),
-                spillway_storage::redact_url(upload_url)
-            )));
+        let redacted = spillway_storage::redact_url(upload_url);
+        let failed = |status: u16| {
+            Error::Http(format!(
+                "PUT to upload URL failed: HTTP {status} ({redacted})"
+            ))
+        };
+        let status = retry::run(
+            &self.inner.config.retry,
+            deadline,
+            Request {
+                what: "upload",
+                url: &redacted,
+                replay: Replay::Safe,
+            },
+            || async {
+                let raw = raw.clone();
+                // The upload client, not `rpc_request`: a vended URL gets no `Authorization`.
+                let sent = self
+                    .inner
+                    .upload_http
+                    .put(upload_url)
+                    .header(reqwest::header::CONTENT_TYPE, ARROW_STREAM_CONTENT_TYPE)
+                    .timeout(deadline.attempt_timeout(self.inner.config.timeout))
+                    .body(raw)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        Attempt::Answered(
+                            status,
+                            verdict(Peer::Storage, status, resp.headers(), None),
+                        )
+                    }
+                    Err(e) => Attempt::send_failed(e),
+                }
+            },
+            failed,
+        )
+        .await?;
+        if !(200..300).contains(&status) {
+            return Err(failed(status));
         }
-        tracing::debug!(
-            url = %spillway_storage::redact_url(upload_url),
-            bytes = len,
-            "uploaded request body"
-        );
+        tracing::debug!(url = %redacted, bytes = len, "uploaded request body");
         Ok(())
+    }
+}
+
+impl Answer for RawResponse {
+    fn status(&self) -> u16 {
+        self.status
+    }
+}
+
+/// A capability probe's answer with the token it carried (to scrub it from a 401).
+struct Probed(reqwest::Response, Option<BearerToken>);
+
+impl Answer for Probed {
+    fn status(&self) -> u16 {
+        self.0.status().as_u16()
     }
 }

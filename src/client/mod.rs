@@ -13,7 +13,11 @@
 //!   check), and the batch it names is returned as if it had come inline, with
 //!   [`CallOutput::externalized`] set;
 //! - a request larger than the server's `VGI-Max-Request-Bytes` (or one the server answers
-//!   with 413) is uploaded to a server-vended upload URL and sent as a pointer instead.
+//!   with 413) is uploaded to a server-vended upload URL and sent as a pointer instead;
+//! - a request the server refused before running it (429, or 503 with `Retry-After`: an
+//!   overloaded or draining server) is sent again after the server's delay plus jittered
+//!   backoff, under a bounded [`RetryPolicy`]; requests whose outcome is unknown (502, 504, a
+//!   connection lost) are sent again only when that is safe (see [`retry`]).
 //!
 //! ```no_run
 //! # async fn demo() -> spillway::Result<()> {
@@ -43,6 +47,7 @@ mod config;
 mod http;
 mod request;
 mod response;
+pub mod retry;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -59,6 +64,7 @@ pub use config::{
 };
 pub use request::CallRequest;
 pub use response::{CallOutput, ExternalizedInfo};
+pub use retry::{parse_retry_after, RetryPolicy, RetryStop, MAX_RETRIES};
 pub use stream::{ClientStream, StreamBatch};
 pub use transport::{ClientIdentity, ClientProxy};
 pub use upload::UploadUrl;
@@ -74,6 +80,7 @@ use crate::error::{Error, Result};
 use crate::fetch::Fetcher;
 use crate::url_policy::UrlPolicy;
 use crate::wire::http::{MAX_SIZE_HEADER_VALUE, MIN_ACCEPT_MAX_RESPONSE_BYTES};
+use retry::Deadline;
 
 /// A vgi-rpc HTTP client. Cheap to clone; clones share connections and cached capabilities.
 #[derive(Clone)]
@@ -130,6 +137,7 @@ impl Client {
             ));
         }
         let prefix = request::client_prefix(&config.prefix)?;
+        config.retry.validate()?;
         if !(MIN_ACCEPT_MAX_RESPONSE_BYTES..=MAX_SIZE_HEADER_VALUE)
             .contains(&config.accept_max_response_bytes)
         {
@@ -164,11 +172,21 @@ impl Client {
     /// The server's capabilities, from `OPTIONS {prefix}/health`; fetched once, then cached
     /// (a failed probe is retried on the next call).
     pub async fn capabilities(&self) -> Result<Capabilities> {
+        self.capabilities_within(&self.deadline()).await
+    }
+
+    /// [`Client::capabilities`], probing within an operation's deadline.
+    async fn capabilities_within(&self, deadline: &Deadline) -> Result<Capabilities> {
         self.inner
             .capabilities
-            .get_or_try_init(|| self.probe_capabilities())
+            .get_or_try_init(|| self.probe_capabilities(deadline))
             .await
             .cloned()
+    }
+
+    /// The deadline of an operation starting now ([`RetryPolicy::deadline`]).
+    fn deadline(&self) -> Deadline {
+        Deadline::after(self.inner.config.retry.deadline)
     }
 
     /// Calls `protocol.method` with `params` (one row, or no columns for a method without
@@ -200,6 +218,7 @@ impl Client {
                 &call.schema,
                 &call.metadata,
                 call.body,
+                &self.deadline(),
             )
             .await?;
         self.finish_unary(&request.method, reply).await

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::config::Capabilities;
 use super::response::{parse_error_body, RawResponse, Reply};
+use super::retry::{Deadline, Replay};
 use super::Client;
 use crate::error::{Error, Result};
 use crate::wire::http::{is_valid_method_segment, is_valid_protocol_name, normalize_prefix};
@@ -124,8 +125,9 @@ impl Client {
         schema: &SchemaRef,
         metadata: &Metadata,
         body: Bytes,
+        deadline: &Deadline,
     ) -> Result<Reply> {
-        let caps = self.capabilities().await?;
+        let caps = self.capabilities_within(deadline).await?;
         let upload_allowed = self.inner.config.upload_large_requests && caps.upload_url_support;
         let too_big = caps
             .max_request_bytes
@@ -136,17 +138,19 @@ impl Client {
                 bytes = body.len(),
                 "request above max_request_bytes; using an upload url"
             );
-            self.post_via_upload(url, &caps, schema, metadata, body.clone())
+            self.post_via_upload(url, &caps, schema, metadata, body.clone(), deadline)
                 .await?
         } else {
-            let resp = self.post_rpc(url, &caps, body.clone()).await?;
+            let resp = self
+                .post_rpc(url, &caps, body.clone(), Replay::Dispatch, deadline)
+                .await?;
             if resp.status == 413 && upload_allowed {
                 tracing::debug!(
                     method,
                     bytes = body.len(),
                     "request refused with 413; using an upload url"
                 );
-                self.post_via_upload(url, &caps, schema, metadata, body.clone())
+                self.post_via_upload(url, &caps, schema, metadata, body.clone(), deadline)
                     .await?
             } else {
                 resp
@@ -184,18 +188,22 @@ impl Client {
         }
     }
 
-    /// POSTs an Arrow body (compressed per the config), reads and decodes the answer. A 415
-    /// with a non-Arrow body after a compressed POST (the server refuses the codec) is retried
-    /// once uncompressed.
+    /// POSTs an Arrow body (compressed per the config), reads and decodes the answer, retried
+    /// per the policy (`replay`: see [`Replay`]). A 415 with a non-Arrow body after a
+    /// compressed POST (the server refuses the codec) is retried once uncompressed.
     pub(super) async fn post_rpc(
         &self,
         url: &str,
         caps: &Capabilities,
         raw: Bytes,
+        replay: Replay,
+        deadline: &Deadline,
     ) -> Result<RawResponse> {
         if let Some(level) = self.inner.config.request_compression {
             let compressed = compress_zstd(raw.clone(), level).await?;
-            let resp = self.post_once(url, caps, compressed, true).await?;
+            let resp = self
+                .post_once(url, caps, compressed, true, replay, deadline)
+                .await?;
             if resp.status == 415 && parse_error_body(&resp.body).is_none() {
                 tracing::debug!(
                     url = %spillway_storage::redact_url(url),
@@ -205,7 +213,8 @@ impl Client {
                 return Ok(resp);
             }
         }
-        self.post_once(url, caps, raw, false).await
+        self.post_once(url, caps, raw, false, replay, deadline)
+            .await
     }
 }
 

@@ -93,6 +93,7 @@ impl Client {
                 &call.schema,
                 &call.metadata,
                 call.body,
+                &self.deadline(),
             )
             .await?;
         let mut stream = ClientStream {
@@ -269,6 +270,7 @@ impl ClientStream {
                 schema,
                 &md,
                 Bytes::from(body),
+                &self.client.deadline(),
             )
             .await
     }

@@ -11,6 +11,7 @@ use url::Url;
 
 use super::config::Capabilities;
 use super::response::RawResponse;
+use super::retry::{Deadline, Replay};
 use super::Client;
 use crate::error::{Error, Result};
 use crate::wire::http::{MAX_UPLOAD_URLS, UPLOAD_METHOD};
@@ -32,19 +33,27 @@ impl Client {
     /// `POST {prefix}/__upload_url__/init`. The URLs are returned as vended; the upload flow
     /// of [`Client::call_with`] checks them against the URL policy before use.
     pub async fn request_upload_urls(&self, count: i64) -> Result<Vec<UploadUrl>> {
+        self.upload_urls_within(count, &self.deadline()).await
+    }
+
+    /// [`Client::request_upload_urls`] within an operation's deadline. Replay-safe (it only
+    /// vends a fresh pair): retried after overload and transient failures alike.
+    async fn upload_urls_within(&self, count: i64, deadline: &Deadline) -> Result<Vec<UploadUrl>> {
         if !(1..=MAX_UPLOAD_URLS).contains(&count) {
             return Err(Error::Config(format!(
                 "upload url count must be between 1 and {MAX_UPLOAD_URLS}, got {count}"
             )));
         }
-        let caps = self.capabilities().await?;
+        let caps = self.capabilities_within(deadline).await?;
         let url = format!(
             "{}{}/{UPLOAD_METHOD}/init",
             self.inner.root, self.inner.prefix
         );
         let body = Bytes::from(build_upload_init_body(count)?);
         // Not through the upload decision of `post_call`: this is the call that vends uploads.
-        let resp = self.post_rpc(&url, &caps, body).await?;
+        let resp = self
+            .post_rpc(&url, &caps, body, Replay::Safe, deadline)
+            .await?;
         if resp.status == 404 {
             return Err(
                 RpcError::new("NotSupported", "server does not support upload urls")
@@ -70,9 +79,10 @@ impl Client {
         schema: &SchemaRef,
         metadata: &Metadata,
         raw: Bytes,
+        deadline: &Deadline,
     ) -> Result<RawResponse> {
         let pair = self
-            .request_upload_urls(1)
+            .upload_urls_within(1, deadline)
             .await?
             .into_iter()
             .next()
@@ -84,9 +94,10 @@ impl Client {
             })?;
             self.inner.policy.check(&parsed)?;
         }
-        self.put_upload(&pair.upload_url, raw).await?;
+        self.put_upload(&pair.upload_url, raw, deadline).await?;
         let pointer = Bytes::from(build_pointer_body(schema, metadata, &pair.download_url)?);
-        self.post_rpc(url, caps, pointer).await
+        self.post_rpc(url, caps, pointer, Replay::Dispatch, deadline)
+            .await
     }
 }
 

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use rand::{Rng, SeedableRng};
-use spillway::client::{BearerToken, Client, ClientConfig, FileToken};
+use spillway::client::{BearerToken, Client, ClientConfig, FileToken, RetryPolicy};
 use spillway::url_policy::UrlPolicy;
 use tokio::task::JoinSet;
 
@@ -232,6 +232,8 @@ fn client_config(a: &LoadArgs, prefix: String) -> Result<ClientConfig, BoxError>
         prefix,
         request_compression: if a.no_compression { None } else { Some(1) },
         timeout: a.call_timeout,
+        // Every refusal is to be seen and counted, not hidden by a retry.
+        retry: RetryPolicy::none(),
         ..ClientConfig::default()
     };
     // As `spillway call`: nothing but the server's own origin unless allowed.
