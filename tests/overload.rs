@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use spillway::wire::{read_stream, ErrorCode, ARROW_STREAM_CONTENT_TYPE};
 
-use crate::common::{blob_body, echo_body, error_of, ServedBinary};
+use crate::common::{binary_value, blob_body, data_params, echo_body, error_of, ServedBinary};
 
 /// Bound of every wait (a failure, never a synchronization).
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -21,10 +21,24 @@ fn port_of(url: &str) -> u16 {
 
 /// Opens a connection and sends a POST's headers (with `content_length`) and `body`.
 fn half_sent(url: &str, path: &str, content_length: usize, body: &[u8]) -> TcpStream {
+    half_sent_as(url, path, content_length, body, None)
+}
+
+/// As [`half_sent`], with a bearer token.
+fn half_sent_as(
+    url: &str,
+    path: &str,
+    content_length: usize,
+    body: &[u8],
+    token: Option<&str>,
+) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port_of(url))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ARROW_STREAM_CONTENT_TYPE}\r\nContent-Length: {content_length}\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: {ARROW_STREAM_CONTENT_TYPE}\r\nContent-Length: {content_length}\r\n\r\n"
     )
     .unwrap();
     s.write_all(body).unwrap();
@@ -68,12 +82,16 @@ fn status_line(response: &[u8]) -> String {
 
 /// The value of a gauge or counter in `/metrics` (0 when absent).
 async fn metric(url: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    metric_as(url, name, None).await
+}
+
+/// As [`metric`], with a bearer token (the main port's `/metrics` needs one under auth).
+async fn metric_as(url: &str, name: &str, token: Option<&str>) -> f64 {
+    let mut req = reqwest::Client::new().get(format!("{url}/metrics"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let text = req.send().await.unwrap().text().await.unwrap();
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.strip_prefix(name))
@@ -84,9 +102,14 @@ async fn metric(url: &str, name: &str) -> f64 {
 
 /// Polls `/metrics` until `name` satisfies `ok`.
 async fn wait_metric(url: &str, name: &str, ok: impl Fn(f64) -> bool) {
+    wait_metric_as(url, name, None, ok).await
+}
+
+/// As [`wait_metric`], with a bearer token.
+async fn wait_metric_as(url: &str, name: &str, token: Option<&str>, ok: impl Fn(f64) -> bool) {
     let started = Instant::now();
     loop {
-        let v = metric(url, name).await;
+        let v = metric_as(url, name, token).await;
         if ok(v) {
             return;
         }
@@ -140,7 +163,27 @@ async fn a_call_waits_for_a_slot_then_gets_503_and_the_next_one_is_served() {
     assert!(status_line(&done).contains("200"), "{}", status_line(&done));
     let resp = post(&echo, echo_body(b"third")).await;
     assert_eq!(resp.status(), 200);
-    assert!(metric(&s.url, "spillway_admission_rejections_total").await >= 1.0);
+    assert_eq!(
+        metric(&s.url, "spillway_admission_rejections_total").await,
+        1.0
+    );
+
+    // The Rust client retries the real refusal after its Retry-After, and gets through once
+    // the slot is free.
+    let mut held = half_sent(&s.url, "/spillway.Demo.v1/echo", body.len(), head);
+    wait_metric(&s.url, "spillway_calls_in_flight", |v| v == 1.0).await;
+    let client =
+        spillway::client::Client::new(&s.url, spillway::client::ClientConfig::default()).unwrap();
+    let call = tokio::spawn(async move {
+        client
+            .call("spillway.Demo.v1", "echo", data_params(b"retried"))
+            .await
+            .map(|out| binary_value(&out.batch))
+    });
+    wait_metric(&s.url, "spillway_admission_rejections_total", |v| v == 2.0).await;
+    held.write_all(last).unwrap();
+    assert!(status_line(&read_all(&mut held, DEADLINE)).contains("200"));
+    assert_eq!(call.await.unwrap().unwrap(), b"retried");
 }
 
 #[tokio::test]
@@ -181,6 +224,63 @@ async fn the_memory_budget_makes_calls_wait_refuses_after_the_timeout_and_never_
     assert_eq!(e.code, ErrorCode::ResourceExhausted);
     assert!(e.message.contains("budget"), "{}", e.message);
     wait_metric(&s.url, "spillway_memory_in_use_bytes", |v| v == 0.0).await;
+}
+
+#[tokio::test]
+async fn with_authentication_one_principal_waits_for_its_share_while_another_is_served() {
+    const ALICE: &str = "alice-token-0123456789abcdef";
+    const BOB: &str = "bob-token-0123456789abcdef00";
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{ALICE} alice\n{BOB} bob\n")).unwrap();
+    let s = ServedBinary::start(&[
+        ("SPILLWAY_AUTH", "bearer"),
+        ("SPILLWAY_AUTH_TOKENS_FILE", tokens.to_str().unwrap()),
+        ("SPILLWAY_MEMORY_LIMIT", "64MiB"),
+        ("SPILLWAY_PRINCIPAL_SHARE", "0.5"),
+        ("SPILLWAY_MAX_REQUEST_BYTES", "50331648"),
+        ("SPILLWAY_ADMISSION_TIMEOUT", "0.5"),
+        ("SPILLWAY_MIN_BODY_RATE", "0"),
+    ]);
+    let blob = format!("{}/spillway.Demo.v1/blob", s.url);
+    let call = |token: &'static str| {
+        let blob = blob.clone();
+        async move {
+            reqwest::Client::new()
+                .post(&blob)
+                .bearer_auth(token)
+                .header("content-type", ARROW_STREAM_CONTENT_TYPE)
+                .body(blob_body(4 << 20))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Alice holds 24 MiB of her 32 MiB share with a body on its way.
+    let held = half_sent_as(
+        &s.url,
+        "/spillway.Demo.v1/echo",
+        24 << 20,
+        b"\xff",
+        Some(ALICE),
+    );
+    wait_metric_as(&s.url, "spillway_memory_in_use_bytes", Some(ALICE), |v| {
+        v >= (24 << 20) as f64
+    })
+    .await;
+    // A 4 MiB blob needs 12 MiB: over Alice's share, within the budget.
+    assert_overloaded(call(ALICE).await, "no memory came free").await;
+    assert_eq!(
+        call(BOB).await.status(),
+        200,
+        "bob waited for alice's share"
+    );
+    drop(held);
+    wait_metric_as(&s.url, "spillway_memory_in_use_bytes", Some(ALICE), |v| {
+        v == 0.0
+    })
+    .await;
+    assert_eq!(call(ALICE).await.status(), 200);
 }
 
 /// VmHWM / VmRSS of a process, in bytes.
