@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use spillway::wire::{read_stream, ErrorCode, ARROW_STREAM_CONTENT_TYPE};
 
-use crate::common::{binary_value, blob_body, data_params, echo_body, error_of, ServedBinary};
+use crate::common::{
+    binary_value, blob_body, data_params, echo_body, error_of, post_raw, ServedBinary,
+};
 
 /// Bound of every wait (a failure, never a synchronization).
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -118,16 +120,6 @@ async fn wait_metric_as(url: &str, name: &str, token: Option<&str>, ok: impl Fn(
     }
 }
 
-async fn post(url: &str, body: Vec<u8>) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(url)
-        .header("content-type", ARROW_STREAM_CONTENT_TYPE)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn assert_overloaded(resp: reqwest::Response, words: &str) {
     assert_eq!(resp.status(), 503);
     let retry: u64 = resp.headers()["retry-after"]
@@ -156,12 +148,16 @@ async fn a_call_waits_for_a_slot_then_gets_503_and_the_next_one_is_served() {
     let mut held = half_sent(&s.url, "/spillway.Demo.v1/echo", body.len(), head);
     wait_metric(&s.url, "spillway_calls_in_flight", |v| v == 1.0).await;
     let started = Instant::now();
-    assert_overloaded(post(&echo, echo_body(b"second")).await, "calls are running").await;
+    assert_overloaded(
+        post_raw(&echo, echo_body(b"second")).await,
+        "calls are running",
+    )
+    .await;
     assert!(started.elapsed() >= Duration::from_millis(400));
     held.write_all(last).unwrap();
     let done = read_all(&mut held, DEADLINE);
     assert!(status_line(&done).contains("200"), "{}", status_line(&done));
-    let resp = post(&echo, echo_body(b"third")).await;
+    let resp = post_raw(&echo, echo_body(b"third")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         metric(&s.url, "spillway_admission_rejections_total").await,
@@ -206,10 +202,14 @@ async fn the_memory_budget_makes_calls_wait_refuses_after_the_timeout_and_never_
         (64 << 20) as f64
     );
     // An 8 MiB blob needs more than what is left: it waits, then gets 503.
-    assert_overloaded(post(&blob, blob_body(8 << 20)).await, "no memory came free").await;
+    assert_overloaded(
+        post_raw(&blob, blob_body(8 << 20)).await,
+        "no memory came free",
+    )
+    .await;
     drop(held);
     wait_metric(&s.url, "spillway_memory_in_use_bytes", |v| v == 0.0).await;
-    let resp = post(&blob, blob_body(8 << 20)).await;
+    let resp = post_raw(&blob, blob_body(8 << 20)).await;
     assert_eq!(resp.status(), 200);
     let stream = read_stream(resp.bytes().await.unwrap(), Default::default()).unwrap();
     assert!(stream
@@ -217,7 +217,7 @@ async fn the_memory_budget_makes_calls_wait_refuses_after_the_timeout_and_never_
         .iter()
         .any(|b| b.metadata.contains_key("vgi_rpc.location")));
     // More than the whole budget can never be granted: refused at once, not retried.
-    let resp = post(&blob, blob_body(60 << 20)).await;
+    let resp = post_raw(&blob, blob_body(60 << 20)).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("retry-after").is_none());
     let e = error_of(resp).await;
@@ -247,7 +247,7 @@ async fn with_authentication_one_principal_waits_for_its_share_while_another_is_
         let blob = blob.clone();
         async move {
             reqwest::Client::new()
-                .post(&blob)
+                .post_raw(&blob)
                 .bearer_auth(token)
                 .header("content-type", ARROW_STREAM_CONTENT_TYPE)
                 .body(blob_body(4 << 20))
@@ -307,12 +307,12 @@ async fn a_burst_far_above_the_budget_ends_in_results_or_503_within_the_budget()
     ]);
     let blob = format!("{}/spillway.Demo.v1/blob", s.url);
     // Warm up once, so the baseline includes the runtime's and the store's own buffers.
-    assert_eq!(post(&blob, blob_body(SIZE)).await.status(), 200);
+    assert_eq!(post_raw(&blob, blob_body(SIZE)).await.status(), 200);
     let baseline = proc_status(s.pid(), "VmRSS:");
     let calls: Vec<_> = (0..CALLS)
         .map(|_| {
             let blob = blob.clone();
-            tokio::spawn(async move { post(&blob, blob_body(SIZE)).await })
+            tokio::spawn(async move { post_raw(&blob, blob_body(SIZE)).await })
         })
         .collect();
     let (mut ok, mut refused) = (0, 0);
@@ -349,7 +349,7 @@ async fn a_burst_far_above_the_budget_ends_in_results_or_503_within_the_budget()
         baseline >> 20
     );
     // Still serving, with nothing held.
-    assert_eq!(post(&blob, blob_body(1024)).await.status(), 200);
+    assert_eq!(post_raw(&blob, blob_body(1024)).await.status(), 200);
     wait_metric(&s.url, "spillway_memory_in_use_bytes", |v| v == 0.0).await;
 }
 
@@ -403,7 +403,7 @@ async fn stalled_headers_idle_keep_alives_and_dribbled_bodies_are_cut_off() {
         })
         .collect();
     // Meanwhile a normal call is served.
-    let resp = post(
+    let resp = post_raw(
         &format!("{}/spillway.Demo.v1/echo", s.url),
         echo_body(b"normal"),
     )
@@ -471,7 +471,7 @@ async fn sigterm_turns_readiness_off_refuses_new_calls_and_lets_the_call_in_flig
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let refused = post(&echo, echo_body(b"new")).await;
+    let refused = post_raw(&echo, echo_body(b"new")).await;
     assert_eq!(refused.headers()["connection"], "close");
     assert_overloaded(refused, "shutting down").await;
     assert!(
