@@ -9,6 +9,7 @@ mod common;
 mod auth;
 mod cli;
 mod client_auth;
+mod disk_full;
 mod e2e;
 mod fetch_cli;
 mod fetch_faults;
