@@ -1,7 +1,7 @@
 //! Turning SDK errors into [`StorageError`]s that name the operation and never a signed URL.
 
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use spillway_storage::{redact_text, StorageError};
 
 /// Error codes S3 and S3-compatible stores answer when they shed load (the SDK retries them
@@ -54,6 +54,24 @@ impl Failure {
     }
 }
 
+/// `e` and its sources, `: `-separated (`dispatch failure: io error: ...: Connection refused`),
+/// without the `Debug` forms the SDK's `DisplayErrorContext` appends.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    // Bounded: an error type may list itself as its own source.
+    for _ in 0..8 {
+        let Some(s) = source else { break };
+        let more = s.to_string();
+        if !more.is_empty() && !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Classifies an SDK error. `op` is the S3 operation name, `what` the object or bucket.
 pub(crate) fn classify<E>(op: &str, what: &str, err: &SdkError<E, HttpResponse>) -> Failure
 where
@@ -97,11 +115,11 @@ where
         // names the cause (connection refused, which timeout after how long, dns) but never the
         // query string of a request; redacted all the same.
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            let detail = redact_text(&DisplayErrorContext(err).to_string());
+            let detail = redact_text(&error_chain(err));
             Failure::Unavailable(format!("s3 {op} {what}: {detail}"))
         }
         other => {
-            let detail = redact_text(&DisplayErrorContext(other).to_string());
+            let detail = redact_text(&error_chain(other));
             Failure::Other(format!("s3 {op} {what}: {detail}"))
         }
     }
