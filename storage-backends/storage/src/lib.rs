@@ -478,7 +478,9 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn key_from_url(&self, url: &Url) -> Result<ObjectKey>;
 
     /// A cheap call proving the store is reachable and usable with the configured
-    /// credentials (readiness probes cache its result).
+    /// credentials (readiness probes cache its result). It should answer within a couple of
+    /// seconds, without the retries a call gets: a probe reports the store's state now, and
+    /// an unreachable store as [`StorageError::Unavailable`] naming the cause.
     async fn check_ready(&self) -> Result<()> {
         Ok(())
     }
