@@ -8,7 +8,7 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,9 @@ use arrow_schema::SchemaRef;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use spillway_storage::{PresignMethod, PresignedUrl, PutOptions, PutPayload, Storage};
+use spillway_storage::{
+    ObjectMeta, PresignMethod, PresignedUrl, PutOptions, PutPayload, Storage, StorageError,
+};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
@@ -199,6 +201,10 @@ impl Externalizer {
         let chunk_bytes = self.config.chunk_bytes.max(64 * 1024);
         let writer_schema = schema.clone();
         let method_name = method.to_string();
+        // Set when the upload stopped taking chunks: the encoder's error is then only a
+        // consequence, and the upload's own error (disk full, store unavailable) is the cause.
+        let upload_gone = Arc::new(AtomicBool::new(false));
+        let gone = upload_gone.clone();
         let encode = tokio::task::spawn_blocking(move || {
             let sink = ChunkSender {
                 tx: tx.clone(),
@@ -206,6 +212,7 @@ impl Externalizer {
                 chunk_bytes,
                 sent: 0,
                 wait: Duration::ZERO,
+                upload_gone: gone,
             };
             let result = encode_object(&writer_schema, &batches, compression, cap, sink);
             if result.is_err() {
@@ -239,14 +246,16 @@ impl Externalizer {
             (r, upload_started.elapsed())
         };
         let ((put_result, upload_time), encode_result) = tokio::join!(put, encode);
+        let encoded =
+            encode_result.map_err(|e| Error::Internal(format!("encoder task failed: {e}")))?;
+        let (encoded, meta) = root_cause(encoded, put_result, upload_gone.load(Ordering::SeqCst))?;
         let Encoded {
             sha256,
             raw_bytes,
             stored_bytes,
             mut timings,
-        } = encode_result.map_err(|e| Error::Internal(format!("encoder task failed: {e}")))??;
+        } = encoded;
         timings.upload = upload_time;
-        let meta = put_result?;
         debug_assert_eq!(meta.size, stored_bytes);
         let url = self
             .storage
@@ -262,6 +271,24 @@ impl Externalizer {
             elapsed: started.elapsed(),
             timings,
         })
+    }
+}
+
+/// The outcome of one externalization from its two halves. When both failed, the upload's
+/// error wins if the encoder only stopped because the upload went away (`upload_gone`): "disk
+/// full" or "storage unavailable" explains the failure, "the upload stopped" does not. When the
+/// encoder failed first (the cap, a bad batch), the upload merely aborted and the encoder's
+/// error wins.
+fn root_cause(
+    encoded: Result<Encoded>,
+    put: std::result::Result<ObjectMeta, StorageError>,
+    upload_gone: bool,
+) -> Result<(Encoded, ObjectMeta)> {
+    match (encoded, put) {
+        (Ok(e), Ok(m)) => Ok((e, m)),
+        (Err(_), Err(put)) if upload_gone => Err(put.into()),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(put)) => Err(put.into()),
     }
 }
 
@@ -490,6 +517,8 @@ struct ChunkSender {
     chunk_bytes: usize,
     sent: u64,
     wait: Duration,
+    /// Set when the upload dropped its end of the channel.
+    upload_gone: Arc<AtomicBool>,
 }
 
 impl ChunkSender {
@@ -501,10 +530,10 @@ impl ChunkSender {
         self.sent += chunk.len() as u64;
         self.buf.reserve(self.chunk_bytes);
         let t = Instant::now();
-        let sent = self
-            .tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::other("storage upload stopped before the object was complete"));
+        let sent = self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            self.upload_gone.store(true, Ordering::SeqCst);
+            io::Error::other("storage upload stopped before the object was complete")
+        });
         self.wait += t.elapsed();
         sent
     }
@@ -526,5 +555,140 @@ impl Write for ChunkSender {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use arrow_array::{BinaryArray, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema};
+    use async_trait::async_trait;
+    use spillway_storage::{ByteRange, GetResult, ObjectKey};
+    use url::Url;
+
+    use super::*;
+
+    /// A store whose disk fills up after the first chunk, as the local store's does when the
+    /// write fails with ENOSPC.
+    #[derive(Debug)]
+    struct FillsUp;
+
+    fn unused() -> StorageError {
+        StorageError::Backend("not used by this test".into())
+    }
+
+    #[async_trait]
+    impl Storage for FillsUp {
+        fn kind(&self) -> &'static str {
+            "fills-up"
+        }
+        fn new_key(&self) -> ObjectKey {
+            ObjectKey::random("t/")
+        }
+        async fn put_object(
+            &self,
+            _key: &ObjectKey,
+            payload: PutPayload,
+            _opts: PutOptions,
+        ) -> spillway_storage::Result<ObjectMeta> {
+            let PutPayload::Stream { mut stream, .. } = payload else {
+                return Err(unused());
+            };
+            let _first = stream.next().await;
+            Err(StorageError::from_io(
+                "write temp file",
+                io::Error::from(io::ErrorKind::StorageFull),
+            ))
+        }
+        async fn presign(
+            &self,
+            _key: &ObjectKey,
+            _method: PresignMethod,
+            _ttl: Duration,
+        ) -> spillway_storage::Result<PresignedUrl> {
+            Err(unused())
+        }
+        async fn head(&self, _key: &ObjectKey) -> spillway_storage::Result<ObjectMeta> {
+            Err(unused())
+        }
+        async fn get(
+            &self,
+            _key: &ObjectKey,
+            _range: Option<ByteRange>,
+        ) -> spillway_storage::Result<GetResult> {
+            Err(unused())
+        }
+        async fn delete(&self, _key: &ObjectKey) -> spillway_storage::Result<()> {
+            Err(unused())
+        }
+        fn key_from_url(&self, _url: &Url) -> spillway_storage::Result<ObjectKey> {
+            Err(unused())
+        }
+    }
+
+    fn big_batch(schema: &SchemaRef, bytes: usize) -> MetaBatch {
+        let data = vec![7u8; bytes];
+        let col = BinaryArray::from_vec(vec![data.as_slice()]);
+        MetaBatch::plain(RecordBatch::try_new(schema.clone(), vec![Arc::new(col)]).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_reported_instead_of_the_stopped_upload() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new(
+            "result",
+            DataType::Binary,
+            false,
+        )]));
+        let ext = Externalizer::new(
+            Arc::new(FillsUp),
+            ExternalizeConfig {
+                compression: Compression::None,
+                chunk_bytes: 64 * 1024,
+                ..ExternalizeConfig::default()
+            },
+        );
+        // Many chunks: the encoder is still sending when the upload gives up.
+        let batches = vec![big_batch(&schema, 4 * 1024 * 1024)];
+        let err = ext
+            .externalize(&schema, batches, 4 * 1024 * 1024, "blob")
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, Error::Storage(StorageError::Full { .. })),
+            "{err:?}"
+        );
+        assert!(text.contains("local store disk is full"), "{text}");
+        assert!(!text.contains("stopped before the object"), "{text}");
+    }
+
+    #[test]
+    fn the_encoder_error_wins_when_it_failed_first() {
+        let cap = || Error::ExternalizedTooLarge {
+            actual: 9,
+            cap: 8,
+            method: "m".into(),
+        };
+        let aborted = || StorageError::UploadAborted {
+            reason: "the object encoder failed".into(),
+        };
+        // The encoder failed on its own (the cap): the upload only aborted.
+        let e = root_cause(Err(cap()), Err(aborted()), false).err();
+        assert!(
+            matches!(e, Some(Error::ExternalizedTooLarge { .. })),
+            "{e:?}"
+        );
+        // The upload went away first: its error is the cause.
+        let full = StorageError::Full {
+            reason: "local store disk is full".into(),
+        };
+        let stopped = Error::Io(io::Error::other("storage upload stopped"));
+        let e = root_cause(Err(stopped), Err(full), true).err();
+        assert!(
+            matches!(e, Some(Error::Storage(StorageError::Full { .. }))),
+            "{e:?}"
+        );
     }
 }

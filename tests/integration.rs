@@ -10,6 +10,7 @@ mod auth;
 mod cli;
 mod client_auth;
 mod client_retry;
+mod disk_full;
 mod e2e;
 mod fetch_cli;
 mod fetch_faults;

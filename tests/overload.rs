@@ -247,7 +247,7 @@ async fn with_authentication_one_principal_waits_for_its_share_while_another_is_
         let blob = blob.clone();
         async move {
             reqwest::Client::new()
-                .post_raw(&blob)
+                .post(&blob)
                 .bearer_auth(token)
                 .header("content-type", ARROW_STREAM_CONTENT_TYPE)
                 .body(blob_body(4 << 20))

@@ -1,8 +1,8 @@
 //! Operations endpoints: liveness, readiness and Prometheus metrics.
 //!
 //! `GET /livez` answers as long as the process serves HTTP (no external calls). `GET /readyz`
-//! checks that the storage is reachable (a cheap call, cached for a few seconds so probes do
-//! not hammer the store). `GET /metrics` renders every counter recorded through the `metrics`
+//! checks that the storage is reachable (a cheap call, bounded in time and cached for two
+//! seconds so probes do not hammer the store, yet a store outage shows within a few seconds). `GET /metrics` renders every counter recorded through the `metrics`
 //! facade (requests, externalization, fetches, upload-URL grants) in Prometheus text format.
 
 use std::sync::{Arc, OnceLock};
@@ -17,8 +17,13 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use super::state::AppState;
 
-/// How long a readiness verdict is reused.
-const READY_CACHE: Duration = Duration::from_secs(5);
+/// How long a storage verdict is reused: any number of probes (kubelets, load balancers) cost
+/// one store call per window, and a store that goes down (or comes back) is noticed within
+/// this plus [`READY_PROBE_TIMEOUT`].
+const READY_CACHE: Duration = Duration::from_secs(2);
+/// The longest `/readyz` waits for the store's answer: a probe must not hang on a dead store
+/// (backends bound their own check tighter, e.g. S3's one HeadBucket without retries in 2 s).
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -67,31 +72,51 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     if st.admission.drain.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    let mut last = st.readiness.last.lock().await;
-    let verdict = match last.as_ref() {
-        Some((at, v)) if at.elapsed() < READY_CACHE => v.clone(),
-        _ => {
-            let v = match &st.storage {
-                None => Ok(()),
-                Some(s) => {
-                    match tokio::time::timeout(Duration::from_secs(5), s.check_ready()).await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err("storage check timed out".to_string()),
-                    }
-                }
-            };
-            *last = Some((Instant::now(), v.clone()));
-            v
-        }
-    };
+    let verdict = storage_ready(&st).await;
     match verdict {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response()
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+    }
+}
+
+/// Whether the store answers its cheap check ([`Storage::check_ready`]), cached for
+/// [`READY_CACHE`] and bounded by [`READY_PROBE_TIMEOUT`]. Concurrent probes wait for the one
+/// check in flight instead of sending their own. Sets `spillway_storage_ready` (1 or 0) and
+/// logs when the verdict changes, not on every probe.
+///
+/// [`Storage::check_ready`]: spillway_storage::Storage::check_ready
+async fn storage_ready(st: &AppState) -> Result<(), String> {
+    let Some(storage) = &st.storage else {
+        metrics::gauge!("spillway_storage_ready").set(1.0);
+        return Ok(());
+    };
+    let mut last = st.readiness.last.lock().await;
+    if let Some((at, v)) = last.as_ref() {
+        if at.elapsed() < READY_CACHE {
+            return v.clone();
         }
     }
+    let verdict = match tokio::time::timeout(READY_PROBE_TIMEOUT, storage.check_ready()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "storage unavailable: the {} store did not answer its readiness check within {} s",
+            storage.kind(),
+            READY_PROBE_TIMEOUT.as_secs()
+        )),
+    };
+    let was_ready = last.as_ref().map(|(_, v)| v.is_ok());
+    match (&verdict, was_ready) {
+        (Err(e), Some(true) | None) => tracing::warn!(error = %e, "storage not ready"),
+        (Ok(()), Some(false)) => tracing::info!("storage ready again"),
+        _ => {}
+    }
+    if verdict.is_err() {
+        metrics::counter!("spillway_storage_ready_check_failures_total").increment(1);
+    }
+    metrics::gauge!("spillway_storage_ready").set(if verdict.is_ok() { 1.0 } else { 0.0 });
+    *last = Some((Instant::now(), verdict.clone()));
+    verdict
 }
 
 async fn render_metrics() -> Response {

@@ -247,6 +247,14 @@ pub(crate) fn rpc_error_from(e: &Error) -> RpcError {
         Error::Storage(spillway_storage::StorageError::NotFound { .. }) => {
             RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::NotFound)
         }
+        // The store is down or throttling: the call may succeed later (the message names the
+        // cause: "storage unavailable: ..." / "storage throttled: ... SlowDown ...").
+        Error::Storage(s) if s.is_transient() => {
+            RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::Unavailable)
+        }
+        Error::Storage(spillway_storage::StorageError::Full { .. }) => {
+            RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::ResourceExhausted)
+        }
         _ => RpcError::new("RuntimeError", e.to_string()).with_code(ErrorCode::Internal),
     }
 }

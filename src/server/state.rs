@@ -32,7 +32,8 @@ pub(crate) struct AppState {
     pub(crate) admission: Admission,
 }
 
-/// The cached readiness verdict of `/readyz`.
+/// The cached storage verdict of `/readyz`: when it was reached, and the reason the store is
+/// not ready. The lock is held during a check, so concurrent probes share it.
 #[derive(Default)]
 pub(crate) struct Readiness {
     pub(crate) last: Mutex<Option<(Instant, Result<(), String>)>>,

@@ -119,10 +119,27 @@ impl ServedBinary {
         }
     }
 
+    /// As [`ServedBinary::start`], the binary run by `wrapper` (a program and its first
+    /// arguments, e.g. a shell that sets a resource limit and `exec`s the rest).
+    pub(crate) fn start_wrapped(wrapper: &[&str], env: &[(&str, &str)]) -> ServedBinary {
+        Self::start_in(wrapper, env, None)
+    }
+
     fn start_inner(env: &[(&str, &str)], keep: Option<LogLines>) -> ServedBinary {
+        Self::start_in(&[], env, keep)
+    }
+
+    fn start_in(wrapper: &[&str], env: &[(&str, &str)], keep: Option<LogLines>) -> ServedBinary {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(BIN),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+        };
         cmd.arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -25,6 +25,9 @@ const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Attempts of an idempotent call that fails with a transient error.
 const ATTEMPTS: u32 = 3;
 
+/// Time allowed to open a connection for a JSON API call.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A JSON API response: status and (bounded) body.
 pub(crate) struct Reply {
     pub status: StatusCode,
@@ -84,10 +87,11 @@ impl JsonApi {
         base: String,
         bucket: String,
         credentials: Credentials,
+        request_timeout: Duration,
     ) -> Result<Self, StorageError> {
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
+            .connect_timeout(CONNECT_TIMEOUT.min(request_timeout))
+            .timeout(request_timeout)
             .build()
             .map_err(|e| StorageError::Config(format!("http client: {e}")))?;
         Ok(JsonApi {
@@ -128,15 +132,32 @@ impl JsonApi {
         body: Option<&serde_json::Value>,
         idempotent: bool,
     ) -> Result<Reply, StorageError> {
-        let url = format!("{}{}", self.base, path_and_query);
         let attempts = if idempotent { ATTEMPTS } else { 1 };
+        self.call_with(op, method, path_and_query, body, attempts, None)
+            .await
+    }
+
+    /// [`JsonApi::call`] with `attempts` and, when given, a shorter `timeout` per attempt.
+    pub(crate) async fn call_with(
+        &self,
+        op: &str,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+        attempts: u32,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, StorageError> {
+        let url = format!("{}{}", self.base, path_and_query);
         let mut last = None;
-        for attempt in 0..attempts {
+        for attempt in 0..attempts.max(1) {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(200 * 4u64.pow(attempt - 1))).await;
             }
             let headers = self.auth_headers().await?;
-            match self.attempt(method.clone(), &url, headers, body).await {
+            match self
+                .attempt(method.clone(), &url, headers, body, timeout)
+                .await
+            {
                 Ok(reply)
                     if reply.status == StatusCode::TOO_MANY_REQUESTS
                         || reply.status.is_server_error() =>
@@ -163,8 +184,12 @@ impl JsonApi {
         url: &str,
         headers: http::HeaderMap,
         body: Option<&serde_json::Value>,
+        timeout: Option<Duration>,
     ) -> Result<Reply, reqwest::Error> {
         let mut request = self.http.request(method, url).headers(headers);
+        if let Some(t) = timeout {
+            request = request.timeout(t);
+        }
         if let Some(b) = body {
             request = request
                 .header(http::header::CONTENT_TYPE, "application/json")
@@ -204,10 +229,16 @@ impl JsonApi {
                     reply.status.as_u16()
                 ))
             }
-            (status, _) => StorageError::Backend(format!(
-                "gcs {op} failed (http {}): {message}",
-                status.as_u16()
-            )),
+            (status, _) => {
+                let reason = format!("gcs {op} failed (http {}): {message}", status.as_u16());
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    StorageError::Throttled { reason }
+                } else if status.is_server_error() {
+                    StorageError::Unavailable { reason }
+                } else {
+                    StorageError::Backend(reason)
+                }
+            }
         }
     }
 
@@ -259,10 +290,12 @@ impl JsonApi {
         }
     }
 
-    /// Which of `permissions` the credentials hold on the bucket.
+    /// Which of `permissions` the credentials hold on the bucket: one attempt within
+    /// `timeout` (a readiness probe), or the usual retries.
     pub(crate) async fn test_permissions(
         &self,
         permissions: &[&str],
+        timeout: Option<Duration>,
     ) -> Result<Vec<String>, StorageError> {
         let query: Vec<String> = permissions
             .iter()
@@ -273,8 +306,16 @@ impl JsonApi {
             self.bucket_path(),
             query.join("&")
         );
+        let attempts = if timeout.is_some() { 1 } else { ATTEMPTS };
         let reply = self
-            .call("permission check", Method::GET, &path, None, true)
+            .call_with(
+                "permission check",
+                Method::GET,
+                &path,
+                None,
+                attempts,
+                timeout,
+            )
             .await?;
         if !reply.status.is_success() {
             return Err(self.failure("permission check", &reply, None));
@@ -348,6 +389,12 @@ impl JsonApi {
     }
 }
 
+/// No answer (refused, reset, timed out): the store is unavailable.
 fn transport_error(op: &str, e: &reqwest::Error) -> StorageError {
-    StorageError::Backend(format!("gcs {op} failed: {}", errors::redacted_chain(e)))
+    let reason = format!("gcs {op} failed: {}", errors::redacted_chain(e));
+    if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
+        StorageError::Unavailable { reason }
+    } else {
+        StorageError::Backend(reason)
+    }
 }

@@ -7,12 +7,12 @@ use spillway_storage::{StorageError, StoreSettings};
 use url::Url;
 
 use crate::config::config_error;
-use crate::{GcsConfig, GcsStore};
+use crate::{GcsConfig, GcsStore, DEFAULT_OPERATION_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 
 /// `SPILLWAY_GCS_*` settings of `spillway serve` and `spillway storage init` (with
 /// `SPILLWAY_STORAGE=gcs`; the bucket and key prefix are the shared `SPILLWAY_BUCKET` and
 /// `SPILLWAY_KEY_PREFIX`).
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct GcsArgs {
     /// Project that owns a bucket created by `spillway storage init --create-bucket` (gcs).
     #[arg(long = "gcs-project", env = "SPILLWAY_GCS_PROJECT")]
@@ -42,6 +42,38 @@ pub struct GcsArgs {
     /// the endpoint, with anonymous API calls, unless SPILLWAY_GCS_ENDPOINT is set (gcs).
     #[arg(long = "gcs-emulator-host", env = "STORAGE_EMULATOR_HOST")]
     pub emulator_host: Option<String>,
+    /// Seconds a request may go without progress (a metadata call, the answer to a read, the
+    /// next piece of an upload) before it fails with "storage unavailable" (gcs).
+    #[arg(
+        long = "gcs-request-timeout",
+        env = "SPILLWAY_GCS_REQUEST_TIMEOUT",
+        default_value_t = DEFAULT_REQUEST_TIMEOUT.as_secs()
+    )]
+    pub request_timeout: u64,
+    /// Seconds the client library keeps retrying one request that fails with a transient
+    /// error: connection refused, 429, 5xx (gcs).
+    #[arg(
+        long = "gcs-operation-timeout",
+        env = "SPILLWAY_GCS_OPERATION_TIMEOUT",
+        default_value_t = DEFAULT_OPERATION_TIMEOUT.as_secs()
+    )]
+    pub operation_timeout: u64,
+}
+
+impl Default for GcsArgs {
+    fn default() -> Self {
+        GcsArgs {
+            project: None,
+            endpoint: None,
+            public_endpoint: None,
+            signing_account: None,
+            credentials_file: None,
+            anonymous: false,
+            emulator_host: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT.as_secs(),
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT.as_secs(),
+        }
+    }
 }
 
 impl GcsConfig {
@@ -60,6 +92,8 @@ impl GcsConfig {
         config.credentials_file = args.credentials_file.clone();
         config.signing_account = args.signing_account.clone().filter(|a| !a.is_empty());
         config.anonymous = args.anonymous;
+        config.request_timeout = std::time::Duration::from_secs(args.request_timeout);
+        config.operation_timeout = std::time::Duration::from_secs(args.operation_timeout);
         match (&args.endpoint, args.emulator_host.as_deref()) {
             (Some(endpoint), _) => config.endpoint = Some(endpoint.clone()),
             (None, Some(host)) if !host.is_empty() => {

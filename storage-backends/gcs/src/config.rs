@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use spillway_storage::{redact_url, StorageError};
 use url::Url;
 
-use crate::DEFAULT_SIGNED_PUT_CONTENT_TYPE;
+use crate::{DEFAULT_OPERATION_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SIGNED_PUT_CONTENT_TYPE};
 
 /// How a [`GcsStore`] is set up (the library-level form of the command line's `GcsArgs`).
 #[derive(Clone, PartialEq, Eq)]
@@ -37,11 +38,20 @@ pub struct GcsConfig {
     /// `Content-Type` upload URLs are signed for (`None`: any content type is accepted)
     /// [default: [`DEFAULT_SIGNED_PUT_CONTENT_TYPE`](crate::DEFAULT_SIGNED_PUT_CONTENT_TYPE)].
     pub signed_put_content_type: Option<String>,
+    /// Time a request may go without progress before it fails with
+    /// [`StorageError::Unavailable`] (at least one second): one metadata call, each piece of a
+    /// read's body, the next piece an upload takes (and its end once all is sent)
+    /// [default: [`DEFAULT_REQUEST_TIMEOUT`](crate::DEFAULT_REQUEST_TIMEOUT)].
+    pub request_timeout: Duration,
+    /// Time for one request with the client library's retries of transient failures
+    /// (connection refused, 429, 5xx), and for a read's first answer (at least
+    /// `request_timeout`) [default: [`DEFAULT_OPERATION_TIMEOUT`](crate::DEFAULT_OPERATION_TIMEOUT)].
+    pub operation_timeout: Duration,
 }
 
 impl GcsConfig {
     /// Defaults for `bucket`: key prefix `spillway/`, objects up to 4 GiB, Application Default
-    /// Credentials, the public Cloud Storage endpoint.
+    /// Credentials, the public Cloud Storage endpoint, the default timeouts.
     pub fn new(bucket: impl Into<String>) -> Self {
         GcsConfig {
             bucket: bucket.into(),
@@ -55,6 +65,8 @@ impl GcsConfig {
             signing_account: None,
             iam_endpoint: None,
             signed_put_content_type: Some(DEFAULT_SIGNED_PUT_CONTENT_TYPE.into()),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
         }
     }
 }
@@ -75,6 +87,8 @@ impl fmt::Debug for GcsConfig {
             .field("signing_account", &self.signing_account)
             .field("iam_endpoint", &url(&self.iam_endpoint))
             .field("signed_put_content_type", &self.signed_put_content_type)
+            .field("request_timeout", &self.request_timeout)
+            .field("operation_timeout", &self.operation_timeout)
             .finish()
     }
 }

@@ -46,21 +46,44 @@ pub(crate) fn redacted_chain(e: &(dyn std::error::Error + 'static)) -> String {
     redact_text(&error_chain(e))
 }
 
-/// Maps a client-library error: 404 on an object is [`StorageError::NotFound`], the rest is a
-/// redacted [`StorageError::Backend`].
+/// Maps a client-library error: 404 on an object is [`StorageError::NotFound`], 429 is
+/// [`StorageError::Throttled`], 5xx, timeouts and connection failures (after the library's
+/// retries) are [`StorageError::Unavailable`], the rest is a redacted
+/// [`StorageError::Backend`].
 pub(crate) fn from_gcs(
     op: &str,
     key: Option<&ObjectKey>,
     e: google_cloud_storage::Error,
 ) -> StorageError {
-    match (e.http_status_code(), key) {
-        (Some(404), Some(key)) => StorageError::NotFound {
+    // When the retries ran out, the last attempt's error says what happened.
+    let last = if e.is_exhausted() {
+        std::error::Error::source(&e).and_then(|s| s.downcast_ref::<google_cloud_storage::Error>())
+    } else {
+        None
+    };
+    let status = e
+        .http_status_code()
+        .or_else(|| last.and_then(|l| l.http_status_code()));
+    if let (Some(404), Some(key)) = (status, key) {
+        return StorageError::NotFound {
             key: key.to_string(),
-        },
-        (status, _) => {
-            let status = status.map(|s| format!(" (http {s})")).unwrap_or_default();
-            StorageError::Backend(format!("gcs {op} failed{status}: {}", redacted_chain(&e)))
+        };
+    }
+    let shown = status.map(|s| format!(" (http {s})")).unwrap_or_default();
+    let reason = format!("gcs {op} failed{shown}: {}", redacted_chain(&e));
+    match status {
+        Some(429) => StorageError::Throttled { reason },
+        Some(500..=599) => StorageError::Unavailable { reason },
+        // Only transient failures are retried until the retries run out.
+        None if e.is_exhausted()
+            || e.is_timeout()
+            || e.is_connect()
+            || e.is_io()
+            || e.is_transport() =>
+        {
+            StorageError::Unavailable { reason }
         }
+        _ => StorageError::Backend(reason),
     }
 }
 

@@ -4,7 +4,11 @@
 //!
 //! - **Data** goes through the official [`google_cloud_storage`] client (JSON API over HTTP):
 //!   uploads of unknown size are resumable and buffered in 8 MiB pieces, so memory stays
-//!   bounded whatever the object's size; reads are ranged, resumable and checksummed.
+//!   bounded whatever the object's size; reads are ranged, resumable and checksummed. The
+//!   library has no per-request timeout of its own: a request that makes no progress for
+//!   [`GcsConfig::request_timeout`] is given up here, and its retries end after
+//!   [`GcsConfig::operation_timeout`]. An upload given up leaves at most an uncommitted
+//!   resumable session, which holds no object and expires on its own (a week).
 //! - **Signed URLs** are V4 (`GOOG4-RSA-SHA256`), built by the crate's
 //!   [`SignedUrlBuilder`](google_cloud_storage::builder::storage::SignedUrlBuilder) and signed
 //!   by a [`google_cloud_auth`] signer: locally with a service-account key, or through the IAM
@@ -66,6 +70,14 @@ pub const DEFAULT_SIGNED_PUT_CONTENT_TYPE: &str = "application/vnd.apache.arrow.
 
 /// Size of the pieces a streamed upload is sent in (and so the memory one upload holds).
 pub const UPLOAD_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Default [`GcsConfig::request_timeout`]: one piece of an upload is 8 MiB, so 60 s allows for
+/// about 140 KiB/s.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Default [`GcsConfig::operation_timeout`] (the client library's own is 300 s).
+pub const DEFAULT_OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long a readiness check (one permissions call, no retries) may take.
+pub const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests;

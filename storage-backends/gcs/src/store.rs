@@ -7,8 +7,10 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use futures::StreamExt;
 use google_cloud_auth::signer::Signer;
+use google_cloud_gax::retry_policy::RetryPolicyExt;
 use google_cloud_storage::client::Storage as GcsClient;
 use google_cloud_storage::model_ext::ReadRange;
+use google_cloud_storage::retry_policy::RetryableErrors;
 use spillway_storage::{
     redact_url, validate_key_prefix, ByteRange, GetResult, InitOptions, ObjectKey, ObjectMeta,
     PresignMethod, PresignedUrl, PutOptions, PutPayload, Storage, StorageError,
@@ -17,7 +19,10 @@ use url::Url;
 
 use crate::config::{check_bucket_name, check_endpoint, config_error, origin_string};
 use crate::{api, auth, errors, lifecycle, signing, upload};
-use crate::{GcsConfig, DEFAULT_ENDPOINT, UPLOAD_BUFFER_BYTES};
+use crate::{GcsConfig, DEFAULT_ENDPOINT, READY_PROBE_TIMEOUT, UPLOAD_BUFFER_BYTES};
+
+/// Attempts of one request by the client library (the first and two retries).
+const RETRY_ATTEMPTS: u32 = 3;
 
 /// The Google Cloud Storage store. Implements [`Storage`] with [`Storage::kind`] `"gcs"`.
 pub struct GcsStore {
@@ -34,6 +39,10 @@ pub struct GcsStore {
     signer: Result<Signer, String>,
     /// Whether a TTL above the 7-day maximum was already reported.
     warned_long_ttl: AtomicBool,
+    /// [`GcsConfig::request_timeout`].
+    request_timeout: Duration,
+    /// [`GcsConfig::operation_timeout`].
+    operation_timeout: Duration,
 }
 
 impl fmt::Debug for GcsStore {
@@ -81,10 +90,20 @@ impl GcsStore {
         if let Err(reason) = &auth.signer {
             tracing::warn!(%reason, "gcs store cannot sign urls");
         }
+        let request_timeout = config.request_timeout.max(Duration::from_secs(1));
+        let operation_timeout = config.operation_timeout.max(request_timeout);
         let client = GcsClient::builder()
             .with_endpoint(origin_string(&endpoint))
             .with_credentials(auth.credentials.clone())
             .with_resumable_upload_buffer_size(UPLOAD_BUFFER_BYTES)
+            // The library retries transient failures for 300 s by default: a store that is down
+            // would hold a call that long. Three attempts, as S3's SDK makes: a refused
+            // connection is reported (as such) within seconds.
+            .with_retry_policy(
+                RetryableErrors
+                    .with_time_limit(operation_timeout)
+                    .with_attempt_limit(RETRY_ATTEMPTS),
+            )
             .build()
             .await
             .map_err(|e| config_error(format!("gcs client: {}", errors::redacted_chain(&e))))?;
@@ -92,6 +111,7 @@ impl GcsStore {
             origin_string(&endpoint),
             config.bucket.clone(),
             auth.credentials,
+            request_timeout,
         )?;
         Ok(GcsStore {
             bucket: config.bucket,
@@ -104,6 +124,8 @@ impl GcsStore {
             api,
             signer: auth.signer,
             warned_long_ttl: AtomicBool::new(false),
+            request_timeout,
+            operation_timeout,
         })
     }
 
@@ -190,9 +212,16 @@ impl GcsStore {
         if let Some(r) = range {
             request = request.set_read_range(ReadRange::segment(r.start, r.end - r.start));
         }
-        let response = request
-            .send()
+        // The library sets no timeout on its requests: its first answer (retries included) is
+        // bounded here, and every piece of the body below.
+        let response = tokio::time::timeout(self.operation_timeout, request.send())
             .await
+            .map_err(|_| StorageError::Unavailable {
+                reason: format!(
+                    "gcs read object {key}: no answer within {} s",
+                    self.operation_timeout.as_secs()
+                ),
+            })?
             .map_err(|e| errors::from_gcs("read object", Some(key), e))?;
         let meta = match known {
             Some(meta) => meta,
@@ -211,11 +240,24 @@ impl GcsStore {
             start: 0,
             end: meta.size,
         });
+        let piece_timeout = self.request_timeout;
         let stream =
-            futures::stream::unfold((response, key.clone()), |(mut response, key)| async move {
-                let item = response.next().await?;
-                let item = item.map_err(|e| errors::from_gcs("read object", Some(&key), e));
-                Some((item, (response, key)))
+            futures::stream::unfold(Some((response, key.clone())), move |state| async move {
+                let (mut response, key) = state?;
+                match tokio::time::timeout(piece_timeout, response.next()).await {
+                    Ok(None) => None,
+                    Ok(Some(item)) => {
+                        let item = item.map_err(|e| errors::from_gcs("read object", Some(&key), e));
+                        Some((item, Some((response, key))))
+                    }
+                    Err(_) => {
+                        let reason = format!(
+                            "gcs read object {key}: no data for {} s",
+                            piece_timeout.as_secs()
+                        );
+                        Some((Err(StorageError::Unavailable { reason }), None))
+                    }
+                }
             })
             .boxed();
         Ok(GetResult {
@@ -254,6 +296,7 @@ impl Storage for GcsStore {
             PutPayload::Stream { stream, size_hint } => (stream, size_hint),
         };
         let (source, failure) = upload::CappedSource::new(stream, size_hint, limit);
+        let progress = source.progress();
         let mut request = self
             .client
             .write_object(self.bucket_resource(), key.as_str(), source)
@@ -266,7 +309,15 @@ impl Storage for GcsStore {
         if let Some(ce) = &opts.content_encoding {
             request = request.set_content_encoding(ce.clone());
         }
-        let written = request.send_buffered().await;
+        let written =
+            upload::unless_stalled(request.send_buffered(), &progress, self.request_timeout)
+                .await
+                .map_err(|stalled| StorageError::Unavailable {
+                    reason: format!(
+                        "gcs upload object {key}: no progress for {} s (the store does not answer)",
+                        stalled.as_secs()
+                    ),
+                })?;
         // The producer's own failure (or the size limit) explains a failed upload better than
         // what the client library made of it.
         if let Some(err) = upload::take_failure(&failure) {
@@ -347,7 +398,10 @@ impl Storage for GcsStore {
     async fn check_ready(&self) -> Result<(), StorageError> {
         self.signer()?;
         let needed = api::OBJECT_PERMISSIONS;
-        let granted = self.api.test_permissions(needed).await?;
+        let granted = self
+            .api
+            .test_permissions(needed, Some(READY_PROBE_TIMEOUT))
+            .await?;
         let missing: Vec<&str> = needed
             .iter()
             .copied()

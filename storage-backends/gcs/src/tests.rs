@@ -330,3 +330,89 @@ fn settings_map_to_the_configuration() {
     let msg = config_reason(GcsConfig::from_args(&args, &no_bucket).unwrap_err());
     assert!(msg.contains("SPILLWAY_BUCKET"), "{msg}");
 }
+
+/// An "API endpoint" that accepts connections and never answers (a frozen store); the sockets
+/// stay open until the task is dropped.
+async fn silent_endpoint() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (format!("http://{addr}"), task)
+}
+
+#[tokio::test]
+async fn a_store_that_never_answers_fails_calls_within_the_timeouts() {
+    let (endpoint, silent) = silent_endpoint().await;
+    let mut c = test_config(&endpoint);
+    c.request_timeout = Duration::from_secs(1);
+    c.operation_timeout = Duration::from_secs(2);
+    let s = store(c).await;
+    let key = ObjectKey::parse("stuck-object").unwrap();
+    let bound = Duration::from_secs(10);
+
+    let started = std::time::Instant::now();
+    let err = s
+        .put(&key, vec![7u8; 1024].into(), Default::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("storage unavailable: gcs upload object"),
+        "{err}"
+    );
+    assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+
+    let started = std::time::Instant::now();
+    let err = s.get(&key, None).await.unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+    assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+
+    let started = std::time::Instant::now();
+    let err = s.head(&key).await.unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+    assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+
+    let started = std::time::Instant::now();
+    let err = s.check_ready().await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    silent.abort();
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = test_config(&format!("http://127.0.0.1:{port}"));
+    c.request_timeout = Duration::from_secs(8);
+    let s = store(c).await;
+    let key = ObjectKey::parse("nowhere").unwrap();
+    let err = s.head(&key).await.unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+    // The library's three attempts end well before the 8 s without progress.
+    let started = std::time::Instant::now();
+    let err = s
+        .put(&key, b"x".to_vec().into(), Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+}

@@ -3,6 +3,7 @@
 //! caller.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -19,6 +20,55 @@ pub(crate) type FailureSlot = Arc<Mutex<Option<StorageError>>>;
 #[error("upload source stopped: {0}")]
 pub(crate) struct SourceStopped(String);
 
+/// How an upload is getting on, as its source sees it: when the uploader last received a
+/// piece, and whether it is waiting for the producer now (then the store is not the one
+/// holding it up).
+#[derive(Debug, Clone)]
+pub(crate) struct Progress(Arc<Mutex<(Instant, bool)>>);
+
+impl Progress {
+    fn new() -> Self {
+        Progress(Arc::new(Mutex::new((Instant::now(), false))))
+    }
+
+    fn set(&self, waiting_on_producer: bool) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = (Instant::now(), waiting_on_producer);
+        }
+    }
+
+    /// How long the uploader has gone without taking a piece while not waiting for the
+    /// producer: time spent on the store.
+    pub(crate) fn stalled_for(&self) -> Duration {
+        match self.0.lock() {
+            Ok(p) if !p.1 => p.0.elapsed(),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// Runs `upload` unless it goes `limit` without progress ([`Progress::stalled_for`]); then
+/// gives it up (dropping it) and returns how long it was stalled.
+pub(crate) async fn unless_stalled<F: std::future::Future>(
+    upload: F,
+    progress: &Progress,
+    limit: Duration,
+) -> Result<F::Output, Duration> {
+    tokio::pin!(upload);
+    let tick = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            out = &mut upload => return Ok(out),
+            _ = tokio::time::sleep(tick) => {
+                let stalled = progress.stalled_for();
+                if stalled >= limit {
+                    return Err(stalled);
+                }
+            }
+        }
+    }
+}
+
 /// A [`StreamingSource`] over a chunk stream that fails once more than `limit` bytes came.
 pub(crate) struct CappedSource {
     // The uploader wants a `Sync` source; the stream is only ever reached through `&mut self`
@@ -28,6 +78,7 @@ pub(crate) struct CappedSource {
     seen: u64,
     limit: u64,
     failure: FailureSlot,
+    progress: Progress,
 }
 
 impl CappedSource {
@@ -43,8 +94,14 @@ impl CappedSource {
             seen: 0,
             limit,
             failure: failure.clone(),
+            progress: Progress::new(),
         };
         (source, failure)
+    }
+
+    /// The upload's progress, for [`unless_stalled`].
+    pub(crate) fn progress(&self) -> Progress {
+        self.progress.clone()
     }
 
     fn fail(&self, err: StorageError) -> SourceStopped {
@@ -72,7 +129,10 @@ impl StreamingSource for CappedSource {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        match stream.next().await? {
+        self.progress.set(true);
+        let item = stream.next().await;
+        self.progress.set(false);
+        match item? {
             Ok(chunk) => {
                 self.seen = self.seen.saturating_add(chunk.len() as u64);
                 if self.seen > self.limit {
@@ -137,6 +197,36 @@ mod tests {
             take_failure(&slot),
             Some(StorageError::TooLarge { size: 6, limit: 5 })
         ));
+    }
+
+    #[tokio::test]
+    async fn only_time_spent_on_the_store_counts_as_stalled() {
+        let (tx, rx) = futures::channel::mpsc::channel::<std::io::Result<Bytes>>(1);
+        let (mut src, _slot) = CappedSource::new(rx.boxed(), None, 100);
+        let progress = src.progress();
+        // Waiting for the producer: not stalled, however long.
+        let waiting = tokio::spawn(async move {
+            let first = src.next().await;
+            (src, first)
+        });
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(progress.stalled_for(), Duration::ZERO);
+        let mut tx = tx;
+        futures::SinkExt::send(&mut tx, Ok(Bytes::from_static(b"abc")))
+            .await
+            .unwrap();
+        let (_src, first) = waiting.await.unwrap();
+        assert!(first.unwrap().is_ok());
+        // The uploader holds the piece and takes no next one: the store is slow.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(progress.stalled_for() >= Duration::from_millis(100));
+        let never = std::future::pending::<()>();
+        let stalled = unless_stalled(never, &progress, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(stalled >= Duration::from_millis(200));
+        let quick = unless_stalled(async { 7 }, &progress, Duration::from_secs(5)).await;
+        assert_eq!(quick, Ok(7));
     }
 
     #[tokio::test]

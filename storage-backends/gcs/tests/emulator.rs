@@ -242,7 +242,8 @@ async fn readiness_checks_the_bucket() {
     c.endpoint = Some(Url::parse("http://127.0.0.1:9").unwrap());
     let down = store(c).await;
     let err = down.check_ready().await.unwrap_err();
-    assert!(matches!(err, StorageError::Backend(_)), "{err}");
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("refused"), "{err}");
 }
 
 async fn bucket_rules(em: &Emulator, bucket: &str) -> Vec<serde_json::Value> {

@@ -50,8 +50,11 @@ struct Header {
     etag: String,
 }
 
+/// A failed filesystem call: out of space, quota or file size limit become
+/// [`StorageError::Full`] naming the cause (so a full disk does not read as a generic i/o
+/// error), the rest [`StorageError::Io`].
 fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> StorageError {
-    move |source| StorageError::Io { op, source }
+    move |source| StorageError::from_io(op, source)
 }
 
 fn corrupt(what: &str) -> StorageError {

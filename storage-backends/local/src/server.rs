@@ -309,6 +309,10 @@ fn reject_response(reject: Reject, key: &str) -> Response {
                 plain(StatusCode::PAYLOAD_TOO_LARGE, "object too large")
             }
             StorageError::UploadAborted { .. } => plain(StatusCode::BAD_REQUEST, "upload aborted"),
+            StorageError::Full { reason } => {
+                tracing::error!(key, %reason, "local store upload refused: no space");
+                plain(StatusCode::INSUFFICIENT_STORAGE, "local store disk is full")
+            }
             StorageError::RangeNotSatisfiable { size } => {
                 let mut r = Response::new(Body::empty());
                 *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;

@@ -7,7 +7,8 @@ use url::Url;
 
 use crate::config::config_error;
 use crate::{
-    S3Config, S3Store, SseMode, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE,
+    S3Config, S3Store, SseMode, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MULTIPART_THRESHOLD,
+    DEFAULT_OPERATION_TIMEOUT, DEFAULT_PART_SIZE, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_UPLOAD_CONCURRENCY,
 };
 
@@ -60,17 +61,25 @@ pub struct S3Args {
     #[arg(
         long = "s3-connect-timeout",
         env = "SPILLWAY_S3_CONNECT_TIMEOUT",
-        default_value_t = 10
+        default_value_t = DEFAULT_CONNECT_TIMEOUT.as_secs()
     )]
     pub s3_connect_timeout: u64,
-    /// Seconds allowed for one attempt of one request (a part upload, a HEAD, ...) until its
-    /// response headers.
+    /// Seconds allowed for one attempt of one request (a part upload, a HEAD, ...), its body
+    /// sent and its response headers received.
     #[arg(
         long = "s3-request-timeout",
         env = "SPILLWAY_S3_REQUEST_TIMEOUT",
-        default_value_t = 300
+        default_value_t = DEFAULT_REQUEST_TIMEOUT.as_secs()
     )]
     pub s3_request_timeout: u64,
+    /// Seconds allowed for one request with all its retries: the longest a call waits for a
+    /// store that stopped answering before it fails with "storage unavailable".
+    #[arg(
+        long = "s3-operation-timeout",
+        env = "SPILLWAY_S3_OPERATION_TIMEOUT",
+        default_value_t = DEFAULT_OPERATION_TIMEOUT.as_secs()
+    )]
+    pub s3_operation_timeout: u64,
     /// Temporary credentials are replaced this many seconds before they expire, so every
     /// presigned URL stays valid at least this long (or its TTL, if shorter).
     #[arg(
@@ -94,8 +103,9 @@ impl Default for S3Args {
             s3_multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
             s3_part_size: DEFAULT_PART_SIZE,
             s3_upload_concurrency: DEFAULT_UPLOAD_CONCURRENCY,
-            s3_connect_timeout: 10,
-            s3_request_timeout: 300,
+            s3_connect_timeout: DEFAULT_CONNECT_TIMEOUT.as_secs(),
+            s3_request_timeout: DEFAULT_REQUEST_TIMEOUT.as_secs(),
+            s3_operation_timeout: DEFAULT_OPERATION_TIMEOUT.as_secs(),
             s3_credentials_refresh_margin: 600,
         }
     }
@@ -154,6 +164,7 @@ impl S3Config {
         config.upload_concurrency = args.s3_upload_concurrency;
         config.connect_timeout = std::time::Duration::from_secs(args.s3_connect_timeout);
         config.request_timeout = std::time::Duration::from_secs(args.s3_request_timeout);
+        config.operation_timeout = std::time::Duration::from_secs(args.s3_operation_timeout);
         config.credentials_refresh_margin =
             std::time::Duration::from_secs(args.s3_credentials_refresh_margin);
         Ok(config)

@@ -12,8 +12,8 @@ use url::Url;
 
 use crate::upload;
 use crate::{
-    DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, DEFAULT_UPLOAD_CONCURRENCY,
-    MAX_UPLOAD_CONCURRENCY,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_OPERATION_TIMEOUT,
+    DEFAULT_PART_SIZE, DEFAULT_REQUEST_TIMEOUT, DEFAULT_UPLOAD_CONCURRENCY, MAX_UPLOAD_CONCURRENCY,
 };
 
 /// Server-side encryption of stored objects.
@@ -75,18 +75,24 @@ pub struct S3Config {
     /// Parts of one object uploaded at once, 1 to [`MAX_UPLOAD_CONCURRENCY`]
     /// [default: [`DEFAULT_UPLOAD_CONCURRENCY`]].
     pub upload_concurrency: usize,
-    /// Time allowed to open a connection (at least one second) [default: 10 s].
+    /// Time allowed to open a connection (at least one second)
+    /// [default: [`DEFAULT_CONNECT_TIMEOUT`]].
     pub connect_timeout: Duration,
-    /// Time allowed for one attempt of one request until its response headers (at least one
-    /// second) [default: 300 s].
+    /// Time allowed for one attempt of one request (a part upload, a HEAD, ...), its body
+    /// sent and its response headers received (at least one second)
+    /// [default: [`DEFAULT_REQUEST_TIMEOUT`]].
     pub request_timeout: Duration,
+    /// Time allowed for one request with all its retries (at least `request_timeout`): the
+    /// longest a call waits for a store that stopped answering before it fails with
+    /// [`StorageError::Unavailable`] [default: [`DEFAULT_OPERATION_TIMEOUT`]].
+    pub operation_timeout: Duration,
     /// Temporary credentials are replaced this long before they expire [default: 600 s].
     pub credentials_refresh_margin: Duration,
 }
 
 impl S3Config {
     /// Defaults for `bucket`: key prefix `spillway/`, objects up to 4 GiB, the AWS chain's
-    /// region, endpoint and credentials, the default upload settings.
+    /// region, endpoint and credentials, the default upload settings and timeouts.
     pub fn new(bucket: impl Into<String>) -> Self {
         S3Config {
             bucket: bucket.into(),
@@ -102,8 +108,9 @@ impl S3Config {
             multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
             part_size: DEFAULT_PART_SIZE,
             upload_concurrency: DEFAULT_UPLOAD_CONCURRENCY,
-            connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(300),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             credentials_refresh_margin: Duration::from_secs(600),
         }
     }
@@ -129,6 +136,7 @@ impl fmt::Debug for S3Config {
             .field("upload_concurrency", &self.upload_concurrency)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("operation_timeout", &self.operation_timeout)
             .field(
                 "credentials_refresh_margin",
                 &self.credentials_refresh_margin,

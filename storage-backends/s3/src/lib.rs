@@ -41,6 +41,9 @@
 //! # }
 //! ```
 
+use std::time::Duration;
+
+mod cleanup;
 mod config;
 mod creds;
 mod errors;
@@ -71,6 +74,17 @@ pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
 /// Most parts uploaded at once.
 pub const MAX_UPLOAD_CONCURRENCY: usize = 64;
+/// Default [`S3Config::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`S3Config::request_timeout`]: one attempt moves at most one part (8 MiB by
+/// default) or one single PUT (up to the 16 MiB threshold), so 60 s allows for about
+/// 270 KiB/s per connection; raise it with larger parts or slower links.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default [`S3Config::operation_timeout`]: two attempts of a request the store never answers
+/// (quick failures, such as a refused connection or a 503, get all the SDK's retries in it).
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a readiness probe (one HeadBucket, no retries) may take.
+pub const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests;

@@ -65,8 +65,10 @@ pub(crate) async fn init(
 ) -> Result<String, StorageError> {
     let mut report = Vec::new();
     let backend = |op: &str, f: Failure| match f {
-        Failure::NoSuchBucket => no_such_bucket(bucket),
-        Failure::Other(m) => StorageError::Backend(m),
+        Failure::NoSuchBucket
+        | Failure::Other(_)
+        | Failure::Unavailable(_)
+        | Failure::Throttled(_) => f.into_storage_error(bucket),
         other => StorageError::Backend(format!("s3 {op} {bucket}: {other:?}")),
     };
     let what = format!("s3://{bucket}");

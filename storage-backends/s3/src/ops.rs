@@ -3,6 +3,8 @@
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use futures::StreamExt;
 use spillway_storage::{
     redact_url, ByteRange, GetResult, InitOptions, ObjectKey, ObjectMeta, PresignMethod,
@@ -13,7 +15,7 @@ use url::Url;
 use crate::errors::{classify, no_such_bucket, object_error, Failure};
 use crate::store::now_secs;
 use crate::urls::{self, UrlCheck, Verified};
-use crate::{lifecycle, S3Store};
+use crate::{lifecycle, S3Store, READY_PROBE_TIMEOUT};
 
 fn opt_string(s: Option<String>) -> Option<String> {
     s.filter(|s| !s.is_empty())
@@ -113,8 +115,7 @@ impl Storage for S3Store {
                     Failure::NoSuchKey => StorageError::NotFound {
                         key: key.to_string(),
                     },
-                    Failure::NoSuchBucket => no_such_bucket(&self.bucket),
-                    Failure::Other(m) => StorageError::Backend(m),
+                    other => other.into_storage_error(&self.bucket),
                 });
             }
         };
@@ -160,10 +161,15 @@ impl Storage for S3Store {
                 match body.try_next().await {
                     Ok(Some(chunk)) => Some((Ok(chunk), Some(body))),
                     Ok(None) => None,
+                    // A body that breaks off or stalls (the SDK's stalled-stream protection)
+                    // is the store going away mid-read.
                     Err(e) => Some((
-                        Err(StorageError::Backend(format!(
-                            "s3 GetObject s3://{bucket}/{key_text}: reading the body: {e}"
-                        ))),
+                        Err(StorageError::Unavailable {
+                            reason: format!(
+                                "s3 GetObject s3://{bucket}/{key_text}: reading the body: {}",
+                                spillway_storage::redact_text(&e.to_string())
+                            ),
+                        }),
                         None,
                     )),
                 }
@@ -209,17 +215,29 @@ impl Storage for S3Store {
         Ok(key)
     }
 
+    /// One HeadBucket, without retries and within [`READY_PROBE_TIMEOUT`]: a probe must
+    /// answer quickly with the store's state (and its cause), not wait out the retries a
+    /// call gets.
     async fn check_ready(&self) -> Result<(), StorageError> {
+        let probe = aws_sdk_s3::config::Builder::new()
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(READY_PROBE_TIMEOUT)
+                    .operation_timeout(READY_PROBE_TIMEOUT)
+                    .build(),
+            );
         self.client
             .head_bucket()
             .bucket(&self.bucket)
+            .customize()
+            .config_override(probe)
             .send()
             .await
             .map_err(
                 |e| match classify("HeadBucket", &format!("s3://{}", self.bucket), &e) {
                     Failure::NoSuchBucket | Failure::NoSuchKey => no_such_bucket(&self.bucket),
-                    Failure::Other(m) => StorageError::Backend(m),
-                    Failure::InvalidRange => StorageError::Backend("s3 HeadBucket failed".into()),
+                    other => other.into_storage_error(&self.bucket),
                 },
             )?;
         Ok(())

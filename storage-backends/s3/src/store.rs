@@ -18,6 +18,7 @@ use spillway_storage::{
 };
 use url::Url;
 
+use crate::cleanup::Cleanup;
 use crate::config::{
     check_bucket, check_endpoint, config_error, object_settings, upload_part_size,
 };
@@ -130,9 +131,14 @@ impl S3Store {
         let object = object_settings(&config)?;
         let refresh_margin = config.credentials_refresh_margin;
 
+        // Every request is bounded: a store that stops answering fails the call after at most
+        // `operation_timeout` (the SDK's standard retry mode, 3 attempts with exponential
+        // backoff unless AWS_MAX_ATTEMPTS / AWS_RETRY_MODE say otherwise, runs inside it).
+        let attempt = config.request_timeout.max(Duration::from_secs(1));
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(config.connect_timeout.max(Duration::from_secs(1)))
-            .operation_attempt_timeout(config.request_timeout.max(Duration::from_secs(1)))
+            .operation_attempt_timeout(attempt)
+            .operation_timeout(config.operation_timeout.max(attempt))
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(timeouts)
@@ -241,6 +247,7 @@ impl S3Store {
                 bucket: bucket.clone(),
                 config: upload,
                 object,
+                cleanup: Cleanup::new(client.clone(), bucket.clone()),
             },
             client,
             presign_client,
@@ -328,6 +335,12 @@ impl S3Store {
     /// would not fit in 10000 parts).
     pub fn part_size(&self) -> u64 {
         self.uploader.config.part_size
+    }
+
+    /// Failed or cancelled multipart uploads whose abort is being retried in the background
+    /// (the store did not answer when they were aborted).
+    pub fn pending_multipart_cleanups(&self) -> usize {
+        self.uploader.cleanup.pending()
     }
 
     /// When the credentials the store signs with expire (`None`: long-term credentials, or

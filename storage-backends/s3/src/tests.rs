@@ -389,3 +389,71 @@ async fn aws_endpoint_url_variables_are_honoured_without_an_explicit_endpoint() 
         "AWS_ENDPOINT_URL_S3 wins over AWS_ENDPOINT_URL"
     );
 }
+
+/// A "store" that accepts connections and never answers (as a frozen process does): the
+/// accepted sockets are kept open until the listener task is dropped.
+async fn silent_endpoint() -> (Url, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (Url::parse(&format!("http://{addr}")).unwrap(), task)
+}
+
+#[tokio::test]
+async fn a_store_that_never_answers_fails_calls_within_the_operation_timeout() {
+    let (endpoint, silent) = silent_endpoint().await;
+    let mut c = config(false);
+    c.endpoint = Some(endpoint);
+    c.request_timeout = Duration::from_secs(1);
+    c.operation_timeout = Duration::from_secs(2);
+    let s = S3Store::with_credentials(c, creds("AKIDUNITTEST"))
+        .await
+        .unwrap();
+    let key = s.new_key();
+    let started = std::time::Instant::now();
+    let err = s
+        .put(&key, b"hello".to_vec().into(), Default::default())
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("timeout"), "{err}");
+    // Bounded by the operation timeout (plus scheduling slack), not by the retries.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // The readiness probe has its own, shorter bound and no retries.
+    let started = std::time::Instant::now();
+    let err = s.check_ready().await.unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    silent.abort();
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_unavailable() {
+    // Bound and dropped at once: nothing listens there any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = config(false);
+    c.endpoint = Some(Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+    let s = S3Store::with_credentials(c, creds("AKIDUNITTEST"))
+        .await
+        .unwrap();
+    let err = s.head(&s.new_key()).await.unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("storage unavailable: s3 HeadObject"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("refused"), "{err}");
+    let err = s.check_ready().await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+}

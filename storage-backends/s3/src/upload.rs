@@ -7,9 +7,10 @@
 //! `threshold + (concurrency + 1) * part_size` whatever the object's size.
 //!
 //! Whatever goes wrong (the producer fails, a part fails after the SDK's retries, the size
-//! limit trips, or the caller drops the future), the multipart upload is aborted, so no
-//! incomplete upload is left behind to be billed. A lifecycle rule (`spillway storage init`)
-//! catches the rare abort that itself fails.
+//! limit trips, the store stops answering, or the caller drops the future), the multipart
+//! upload is aborted, so no incomplete upload is left behind to be billed. When the store is
+//! unavailable the abort is retried in the background ([`crate::cleanup`]) and the caller gets
+//! its error at once; a lifecycle rule (`spillway storage init`) catches what that misses.
 
 use std::collections::VecDeque;
 
@@ -22,6 +23,7 @@ use futures::StreamExt;
 use spillway_storage::{ObjectKey, ObjectMeta, PutOptions, PutPayload, StorageError};
 use tokio::task::JoinSet;
 
+use crate::cleanup::Cleanup;
 use crate::config::ObjectSettings;
 use crate::errors::object_error;
 
@@ -54,6 +56,7 @@ pub(crate) struct Uploader {
     pub bucket: String,
     pub config: UploadConfig,
     pub object: ObjectSettings,
+    pub cleanup: Cleanup,
 }
 
 /// The payload's bytes, handed out in pieces of a requested size.
@@ -224,6 +227,14 @@ impl Uploader {
         opts: &PutOptions,
     ) -> Result<ObjectMeta, StorageError> {
         let o = &self.object;
+        // Armed before the upload exists: a future dropped while CreateMultipartUpload is in
+        // flight still sweeps the key for the upload the store may have created.
+        let mut guard = AbortGuard {
+            cleanup: self.cleanup.clone(),
+            key: key.as_str().to_string(),
+            upload_id: None,
+            armed: true,
+        };
         let created = self
             .client
             .create_multipart_upload()
@@ -237,19 +248,23 @@ impl Uploader {
             .set_checksum_algorithm(self.config.checksums.then_some(ChecksumAlgorithm::Crc32))
             .send()
             .await
-            .map_err(|e| object_error("CreateMultipartUpload", &self.bucket, key.as_str(), e))?;
+            .map_err(|e| object_error("CreateMultipartUpload", &self.bucket, key.as_str(), e));
+        let created = match created {
+            Ok(c) => c,
+            // No (or a 5xx) answer: the store may have created the upload all the same, so the
+            // guard, still armed, sweeps the key in the background.
+            Err(e @ StorageError::Unavailable { .. }) => return Err(e),
+            Err(e) => {
+                guard.armed = false;
+                return Err(e);
+            }
+        };
         let upload_id = created.upload_id.ok_or_else(|| {
             StorageError::Backend("s3 CreateMultipartUpload returned no upload id".into())
         })?;
-        // Declared before the part tasks: dropped after them, so an abort (on cancellation)
-        // is sent only once no part upload is running any more.
-        let mut guard = AbortGuard {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            key: key.as_str().to_string(),
-            upload_id: upload_id.clone(),
-            armed: true,
-        };
+        // The guard is declared before the part tasks: dropped after them, so an abort (on
+        // cancellation) is sent only once no part upload is running any more.
+        guard.upload_id = Some(upload_id.clone());
         let mut tasks = JoinSet::new();
         let result = self
             .upload_parts(key, &upload_id, &mut pieces, &mut tasks)
@@ -276,7 +291,13 @@ impl Uploader {
                 // be stored (and billed) again.
                 tasks.shutdown().await;
                 guard.armed = false;
-                abort_upload(&self.client, &self.bucket, key.as_str(), &upload_id).await;
+                if e.is_transient() {
+                    // The abort would wait for the unavailable store too: the caller gets
+                    // its error now, the abort is retried in the background.
+                    self.cleanup.defer(key.as_str(), Some(&upload_id));
+                } else {
+                    self.cleanup.abort_or_defer(key.as_str(), &upload_id).await;
+                }
                 Err(e)
             }
         }
@@ -388,58 +409,21 @@ fn joined_part(
     joined.map_err(|e| StorageError::Backend(format!("s3 part upload task failed: {e}")))?
 }
 
-async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &str) {
-    metrics::counter!("spillway_s3_multipart_aborts_total").increment(1);
-    match client
-        .abort_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(upload_id)
-        .send()
-        .await
-    {
-        Ok(_) => tracing::debug!(bucket, key, "aborted multipart upload"),
-        Err(e) => {
-            metrics::counter!("spillway_s3_multipart_abort_failures_total").increment(1);
-            let e = object_error("AbortMultipartUpload", bucket, key, e);
-            tracing::warn!(
-                bucket,
-                key,
-                error = %e,
-                "could not abort a failed multipart upload; the bucket's lifecycle rule \
-                 (spillway storage init) removes it later"
-            );
-        }
-    }
-}
-
-/// Aborts the multipart upload if the upload future is dropped before it finished.
+/// Aborts the multipart upload (in the background) if the upload future is dropped before it
+/// finished: the client disconnected, or the call was cancelled.
 struct AbortGuard {
-    client: Client,
-    bucket: String,
+    cleanup: Cleanup,
     key: String,
-    upload_id: String,
+    /// `None` while CreateMultipartUpload is in flight: the key is swept instead.
+    upload_id: Option<String>,
     armed: bool,
 }
 
 impl Drop for AbortGuard {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        if self.armed {
+            self.cleanup.defer(&self.key, self.upload_id.as_deref());
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(
-                bucket = %self.bucket,
-                key = %self.key,
-                "multipart upload cancelled outside a runtime; it is left to the lifecycle rule"
-            );
-            return;
-        };
-        let client = self.client.clone();
-        let bucket = std::mem::take(&mut self.bucket);
-        let key = std::mem::take(&mut self.key);
-        let upload_id = std::mem::take(&mut self.upload_id);
-        rt.spawn(async move { abort_upload(&client, &bucket, &key, &upload_id).await });
     }
 }
 

@@ -509,7 +509,7 @@ async fn init_creates_the_bucket_and_installs_the_lifecycle_rule() {
 }
 
 #[tokio::test]
-async fn an_unreachable_store_fails_with_a_redacted_backend_error() {
+async fn an_unreachable_store_fails_with_a_redacted_unavailable_error() {
     if endpoint().is_none() {
         return;
     }
@@ -519,16 +519,20 @@ async fn an_unreachable_store_fails_with_a_redacted_backend_error() {
         .unwrap();
     let key = store.new_key();
     match store.check_ready().await {
-        Err(StorageError::Backend(m)) => assert!(m.contains("HeadBucket"), "{m}"),
-        other => panic!("expected a backend error, got {other:?}"),
+        Err(StorageError::Unavailable { reason }) => {
+            assert!(reason.contains("HeadBucket"), "{reason}")
+        }
+        other => panic!("expected storage unavailable, got {other:?}"),
     }
     match store
         .put(&key, Bytes::from_static(b"x").into(), PutOptions::default())
         .await
     {
-        Err(StorageError::Backend(m)) => {
-            assert!(m.contains("PutObject") && !m.contains("X-Amz"), "{m}")
+        Err(e @ StorageError::Unavailable { .. }) => {
+            let m = e.to_string();
+            assert!(m.starts_with("storage unavailable: s3 PutObject"), "{m}");
+            assert!(!m.contains("X-Amz"), "{m}")
         }
-        other => panic!("expected a backend error, got {other:?}"),
+        other => panic!("expected storage unavailable, got {other:?}"),
     }
 }

@@ -99,6 +99,65 @@ pub enum StorageError {
     /// Any other backend failure (network, service error), already redacted.
     #[error("storage backend error: {0}")]
     Backend(String),
+    /// The store cannot be reached or does not answer in time: connection refused or reset,
+    /// a connect, request or operation timeout, 5xx answers after the backend's retries. The
+    /// store's state, not the request's: the same call may succeed later.
+    #[error("storage unavailable: {reason}")]
+    Unavailable {
+        /// What failed, already redacted (no signed query string, no credential).
+        reason: String,
+    },
+    /// The store kept refusing the request as one too many (S3's 503 `SlowDown`, HTTP 429)
+    /// after the backend's retries. Like [`StorageError::Unavailable`], worth retrying later.
+    #[error("storage throttled: {reason}")]
+    Throttled {
+        /// The store's answer (its error code, e.g. `SlowDown`), already redacted.
+        reason: String,
+    },
+    /// The store has no room for the object: the local store's disk is full (`ENOSPC`), a disk
+    /// quota is exhausted (`EDQUOT`) or a file size limit is reached (`EFBIG`). Nothing partial
+    /// is kept.
+    #[error("storage full: {reason}")]
+    Full {
+        /// What ran out, and during which operation.
+        reason: String,
+    },
+}
+
+impl StorageError {
+    /// An error of the local filesystem during `op` (e.g. `"write temp file"`): no space, no
+    /// quota or a file size limit become [`StorageError::Full`] naming the cause, anything else
+    /// [`StorageError::Io`].
+    ///
+    /// ```
+    /// use std::io::{Error, ErrorKind};
+    /// use spillway_storage::StorageError;
+    /// let full = StorageError::from_io("write temp file", Error::from(ErrorKind::StorageFull));
+    /// assert!(matches!(full, StorageError::Full { .. }));
+    /// assert!(full.to_string().contains("local store disk is full"), "{full}");
+    /// let other = StorageError::from_io("write temp file", Error::from(ErrorKind::PermissionDenied));
+    /// assert!(matches!(other, StorageError::Io { .. }));
+    /// ```
+    pub fn from_io(op: &'static str, source: std::io::Error) -> Self {
+        let what = match source.kind() {
+            std::io::ErrorKind::StorageFull => "local store disk is full",
+            std::io::ErrorKind::QuotaExceeded => "local store disk quota is exhausted",
+            std::io::ErrorKind::FileTooLarge => "local store file size limit reached",
+            _ => return StorageError::Io { op, source },
+        };
+        StorageError::Full {
+            reason: format!("{what} (during {op}: {source})"),
+        }
+    }
+
+    /// Whether the failure is the store's state rather than the request's (unavailable or
+    /// throttled): a later attempt may succeed, and readiness should report it.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Unavailable { .. } | StorageError::Throttled { .. }
+        )
+    }
 }
 
 /// The result type of storage calls.
@@ -419,7 +478,9 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn key_from_url(&self, url: &Url) -> Result<ObjectKey>;
 
     /// A cheap call proving the store is reachable and usable with the configured
-    /// credentials (readiness probes cache its result).
+    /// credentials (readiness probes cache its result). It should answer within a couple of
+    /// seconds, without the retries a call gets: a probe reports the store's state now, and
+    /// an unreachable store as [`StorageError::Unavailable`] naming the cause.
     async fn check_ready(&self) -> Result<()> {
         Ok(())
     }
@@ -535,6 +596,40 @@ mod tests {
             let err = as_type.validate().unwrap_err();
             assert!(err.to_string().contains("content-type"), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn out_of_space_errors_name_the_cause() {
+        use std::io::{Error, ErrorKind};
+        for (kind, words) in [
+            (ErrorKind::StorageFull, "disk is full"),
+            (ErrorKind::QuotaExceeded, "quota is exhausted"),
+            (ErrorKind::FileTooLarge, "file size limit"),
+        ] {
+            let e = StorageError::from_io("write temp file", Error::from(kind));
+            let text = e.to_string();
+            assert!(matches!(e, StorageError::Full { .. }), "{kind:?}: {e:?}");
+            assert!(text.starts_with("storage full: local store"), "{text}");
+            assert!(
+                text.contains(words) && text.contains("write temp file"),
+                "{text}"
+            );
+            assert!(!e.is_transient());
+        }
+        // What the kernel reports on Linux: ENOSPC, EDQUOT, EFBIG.
+        #[cfg(target_os = "linux")]
+        for errno in [28, 122, 27] {
+            let e = StorageError::from_io("publish object", Error::from_raw_os_error(errno));
+            assert!(
+                matches!(e, StorageError::Full { .. }),
+                "errno {errno}: {e:?}"
+            );
+        }
+        let e = StorageError::from_io("write temp file", Error::from(ErrorKind::PermissionDenied));
+        assert!(matches!(e, StorageError::Io { .. }), "{e:?}");
+        assert!(StorageError::Unavailable { reason: "x".into() }.is_transient());
+        assert!(StorageError::Throttled { reason: "x".into() }.is_transient());
+        assert!(!StorageError::Backend("x".into()).is_transient());
     }
 
     #[test]

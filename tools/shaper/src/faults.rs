@@ -21,12 +21,20 @@ pub struct RequestInfo {
     pub same_start_before: u64,
     /// The path (never the query, which may hold a signature).
     pub path: String,
+    /// The names of the query parameters, in order (never their values): S3 tells its
+    /// operations apart by them (`?uploads`, `?partNumber=..&uploadId=..`).
+    pub query_names: Vec<String>,
 }
 
 impl RequestInfo {
     /// A HEAD, or a `Range: bytes=0-0` GET.
     pub fn is_probe(&self) -> bool {
         self.method == Method::HEAD || self.range == Some((0, Some(0)))
+    }
+
+    /// Whether the query has a parameter `name`.
+    pub fn has_query(&self, name: &str) -> bool {
+        self.query_names.iter().any(|n| n == name)
     }
 }
 
@@ -105,7 +113,8 @@ pub type Hook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 pub enum Fault {
     /// Answer with this status and a short body, without asking the store.
     Status(u16),
-    /// Answer 503 with S3's `SlowDown` error document.
+    /// Answer 503 with S3's `SlowDown` error document (after reading the request body, so
+    /// the client sees the answer, not a connection closed under its upload).
     SlowDown,
     /// Close the connection without answering.
     Drop,
@@ -224,6 +233,7 @@ mod tests {
             range_index: None,
             same_start_before: 0,
             path: "/k".into(),
+            query_names: vec!["uploadId".into(), "partNumber".into()],
         }
     }
 
@@ -243,5 +253,6 @@ mod tests {
         assert!(Match::RangeStart(8).matches(&ranged));
         assert!(Match::RangeStartNth { start: 8, nth: 1 }.matches(&ranged));
         assert!(!Match::RangeStartNth { start: 8, nth: 0 }.matches(&ranged));
+        assert!(plain.has_query("partNumber") && !plain.has_query("uploads"));
     }
 }

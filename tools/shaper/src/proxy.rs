@@ -12,8 +12,8 @@ use futures::SinkExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyDataStream, BodyExt, Full, StreamBody};
+use hyper::body::{Body as _, Frame, Incoming};
 use rand::Rng;
 
 use crate::conn::reset_error;
@@ -44,6 +44,21 @@ fn full(status: StatusCode, body: &'static str) -> Response<Body> {
     );
     *r.status_mut() = status;
     r
+}
+
+/// The parameter names of a query string (`a=1&b&c=` → `a`, `b`, `c`).
+fn query_names(query: Option<&str>) -> Vec<String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').map_or(p, |(name, _)| name).to_string())
+        .collect()
+}
+
+/// Reads and drops a request body (bounded by what the client sends; a test tool).
+async fn drain(body: Incoming) {
+    let _ = body.collect().await;
 }
 
 const SLOW_DOWN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
@@ -91,6 +106,7 @@ pub(crate) async fn handle(
         range_index: None,
         same_start_before: 0,
         path: req.uri().path().to_string(),
+        query_names: query_names(req.uri().query()),
     };
     if info.method == Method::GET && range.is_some() && !info.is_probe() {
         info.range_index = Some(state.range_gets.fetch_add(1, Ordering::Relaxed));
@@ -167,14 +183,16 @@ pub(crate) async fn handle(
     if straggler == Some("slow") {
         delivery.rate = Some(delivery.rate.unwrap_or(1024.0 * 1024.0) / cfg.slow_factor.max(1.0));
     }
-    let (parts, _body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let mut forward_range = parts.headers.get(header::RANGE).cloned();
     match &fault {
         Some(Fault::Status(s)) => {
+            drain(body).await;
             let status = StatusCode::from_u16(*s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return Ok(full(status, "injected by the shaper\n"));
         }
         Some(Fault::SlowDown) => {
+            drain(body).await;
             let mut r = full(StatusCode::SERVICE_UNAVAILABLE, SLOW_DOWN);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -234,18 +252,24 @@ pub(crate) async fn handle(
         if name == header::HOST && !cfg.preserve_host {
             continue;
         }
+        // The shaper answers `100-continue` itself (hyper does, when the body is read).
+        if name == header::EXPECT {
+            continue;
+        }
         headers.append(name.clone(), value.clone());
     }
     if let Some(r) = forward_range {
         headers.insert(header::RANGE, r);
     }
-    let upstream = match state
+    let mut request = state
         .client
         .request(parts.method.clone(), url)
-        .headers(headers)
-        .send()
-        .await
-    {
+        .headers(headers);
+    // Request bodies (uploads) are streamed through as they come.
+    if !body.is_end_stream() {
+        request = request.body(reqwest::Body::wrap_stream(BodyDataStream::new(body)));
+    }
+    let upstream = match request.send().await {
         Ok(r) => r,
         Err(_) => return Ok(full(StatusCode::BAD_GATEWAY, "shaper: upstream failed\n")),
     };
@@ -352,5 +376,15 @@ mod tests {
         assert_eq!(parse_range(&h), Some((5, None)));
         h.insert(header::RANGE, HeaderValue::from_static("items=5-"));
         assert_eq!(parse_range(&h), None);
+    }
+
+    #[test]
+    fn query_parameter_names_only() {
+        assert_eq!(
+            query_names(Some("partNumber=3&uploadId=abc&X-Amz-Signature=s")),
+            ["partNumber", "uploadId", "X-Amz-Signature"]
+        );
+        assert_eq!(query_names(Some("uploads")), ["uploads"]);
+        assert!(query_names(None).is_empty());
     }
 }

@@ -126,3 +126,63 @@ pub fn generated_bytes(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// A small tmpfs mounted on a fresh directory: a real filesystem that fills up, for the tests
+/// of what happens when a disk is full. Unmounted (lazily, so a process that still holds a
+/// file in it cannot keep it mounted) and its directory removed when dropped.
+#[derive(Debug)]
+pub struct SmallFs {
+    path: PathBuf,
+}
+
+impl SmallFs {
+    /// Mounts `bytes` of tmpfs, or `None` with a skip message when this machine does not let
+    /// the test mount one (it needs root, or `CAP_SYS_ADMIN`, on Linux). That is the
+    /// machine's property, not a missing server: it is a skip even under
+    /// `SPILLWAY_REQUIRE_SERVERS=1`.
+    pub fn mount(bytes: u64) -> Option<SmallFs> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("spillway-smallfs-{}-{n}", std::process::id()));
+        if std::fs::create_dir_all(&path).is_err() {
+            return Self::skip(&path, "cannot create a mount point");
+        }
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={bytes},mode=0700"))
+            .arg("spillway-test")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            return Self::skip(&path, "mount -t tmpfs is not permitted here (needs root)");
+        }
+        Some(SmallFs { path })
+    }
+
+    fn skip(path: &std::path::Path, why: &str) -> Option<SmallFs> {
+        let _ = std::fs::remove_dir(path);
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: {why}: this test needs a small real filesystem. ***\n"
+        );
+        None
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}

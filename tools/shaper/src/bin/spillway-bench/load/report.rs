@@ -50,11 +50,17 @@ impl Outcome {
 }
 
 /// An overload refusal: `503` or `429` without an EXCEPTION body, or an EXCEPTION with code
-/// `UNAVAILABLE` (the client reports an error body instead of the status when there is one).
+/// `UNAVAILABLE` of type `ServerOverloadedError` (the client reports an error body instead of
+/// the status when there is one).
 pub(crate) fn is_rejection(e: &spillway::Error) -> bool {
     match e {
         spillway::Error::HttpStatus { status, .. } => matches!(status, 429 | 503),
-        spillway::Error::Rpc(r) => r.code == spillway::wire::ErrorCode::Unavailable,
+        // The server's overload refusal; a store outage (also UNAVAILABLE) is an error.
+        spillway::Error::Rpc(r) => {
+            r.code == spillway::wire::ErrorCode::Unavailable
+                && r.error_type == spillway::server::memory::OVERLOADED_ERROR
+        }
+        spillway::Error::RetriesExhausted { last, .. } => is_rejection(last),
         _ => false,
     }
 }
@@ -81,6 +87,8 @@ pub(crate) fn error_label(e: &spillway::Error) -> String {
         E::Config(_) => "config".into(),
         E::Io(_) => "io".into(),
         E::Internal(_) => "internal".into(),
+        E::Admission(a) => format!("admission {}", a.reason()),
+        E::RetriesExhausted { last, .. } => format!("retries exhausted: {}", error_label(last)),
     }
 }
 
