@@ -98,7 +98,8 @@ pub(crate) async fn read_body(
     memory.release(reserved.saturating_sub(raw.len() as u64));
     match encoding.as_deref() {
         Some("zstd") | Some("gzip") => {
-            memory.reserve(cap).await.map_err(|e| refusal(&e))?;
+            // A top-up: the raw body is read and held already.
+            memory.top_up(cap).await.map_err(|e| refusal(&e))?;
             let enc = encoding.clone();
             let decoded =
                 tokio::task::spawn_blocking(move || decode_content(raw, enc.as_deref(), cap))

@@ -116,8 +116,9 @@ pub(crate) async fn emit_cycle(
 async fn reserve_emit(ctx: &CallContext, size: u64) -> Result<(), RpcError> {
     let cost = ctx.memory().emit_cost(size);
     let covered = size.max(ctx.reserved());
+    // A top-up: the call holds its result already and must not wait behind new calls.
     ctx.memory()
-        .reserve(cost.saturating_sub(covered))
+        .top_up(cost.saturating_sub(covered))
         .await
         .map_err(|e| e.to_rpc_error())
 }

@@ -185,6 +185,8 @@ struct Waiter {
     bytes: u64,
     principal: Option<Arc<str>>,
     grant: oneshot::Sender<()>,
+    /// Work that holds memory already and needs a little more to finish.
+    top_up: bool,
 }
 
 impl fmt::Debug for MemoryBudget {
@@ -410,6 +412,18 @@ impl Reservation {
 
     /// Holds `bytes` more, waiting in the queue for room up to the admission timeout.
     pub async fn grow(&mut self, bytes: u64) -> Result<(), AdmissionError> {
+        self.grow_in_turn(bytes, false).await
+    }
+
+    /// As [`Reservation::grow`], ahead of every waiter that is not itself a top-up: for work
+    /// that already holds memory and needs a little more to finish (encoding a result it has,
+    /// decoding a body it read). Queued behind new calls, it would hold its memory while they
+    /// wait for it: a deadlock that only the admission timeout ends.
+    pub async fn top_up(&mut self, bytes: u64) -> Result<(), AdmissionError> {
+        self.grow_in_turn(bytes, true).await
+    }
+
+    async fn grow_in_turn(&mut self, bytes: u64, top_up: bool) -> Result<(), AdmissionError> {
         if bytes == 0 {
             return Ok(());
         }
@@ -426,7 +440,7 @@ impl Reservation {
                 && self
                     .inner
                     .principal_fits(&st, self.principal.as_ref(), bytes);
-            if fits && !self.inner.queue_blocks(&st) {
+            if fits && (top_up || !self.inner.queue_blocks(&st)) {
                 self.inner.take(&mut st, self.principal.as_ref(), bytes);
                 self.bytes += bytes;
                 return Ok(());
@@ -441,12 +455,20 @@ impl Reservation {
             let (tx, rx) = oneshot::channel();
             let id = st.next_id;
             st.next_id += 1;
-            st.queue.push_back(Waiter {
+            let waiter = Waiter {
                 id,
                 bytes,
                 principal: self.principal.clone(),
                 grant: tx,
-            });
+                top_up,
+            };
+            if top_up {
+                // Behind the top-ups already waiting, ahead of every new call.
+                let at = st.queue.iter().take_while(|w| w.top_up).count();
+                st.queue.insert(at, waiter);
+            } else {
+                st.queue.push_back(waiter);
+            }
             metrics::gauge!("spillway_memory_waiters").set(st.queue.len() as f64);
             (rx, id)
         };
@@ -588,10 +610,19 @@ impl CallMemory {
         Ok(())
     }
 
-    /// Holds `bytes` more from a blocking thread (a decoder growing as it writes).
+    /// Holds `bytes` more to finish work the call holds memory for, ahead of new calls (see
+    /// [`Reservation::top_up`]).
+    pub(crate) async fn top_up(&self, bytes: u64) -> Result<(), AdmissionError> {
+        let mut more = self.budget.empty(self.principal());
+        more.top_up(bytes).await?;
+        self.lock().merge(more);
+        Ok(())
+    }
+
+    /// Tops up by `bytes` from a blocking thread (a decoder growing as it writes).
     pub(crate) fn reserve_blocking(&self, bytes: u64) -> Result<(), AdmissionError> {
         match tokio::runtime::Handle::try_current() {
-            Ok(handle) => handle.block_on(self.reserve(bytes)),
+            Ok(handle) => handle.block_on(self.top_up(bytes)),
             // No runtime (unit tests of decoders): counted without waiting.
             Err(_) => {
                 self.force(bytes);
@@ -800,6 +831,41 @@ mod tests {
         assert_eq!(rx.recv().await, Some("small"));
         drop(small.await.unwrap());
         assert_eq!(b.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_top_up_goes_ahead_of_new_calls_waiting() {
+        let b = budget(100, 10_000);
+        let mut working = b.reserve(None, 50).await.unwrap();
+        let b2 = b.clone();
+        // A new call that cannot fit waits at the head of the queue...
+        let _new = tokio::spawn(async move { b2.reserve(None, 60).await.map(|r| r.size()) });
+        while b.waiters() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // ...but the call at work gets the little it needs to finish at once.
+        tokio::time::timeout(Duration::from_secs(5), working.top_up(10))
+            .await
+            .expect("the top-up waited behind a new call")
+            .unwrap();
+        assert_eq!(working.size(), 60);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_waiter_leaves_the_queue() {
+        let b = budget(100, 10_000);
+        let held = b.reserve(None, 80).await.unwrap();
+        let b2 = b.clone();
+        let waiting = tokio::spawn(async move { b2.reserve(None, 50).await.is_ok() });
+        while b.waiters() == 0 {
+            tokio::task::yield_now().await;
+        }
+        waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(b.waiters(), 0, "a cancelled wait stayed in the queue");
+        drop(held);
+        assert_eq!(b.in_use(), 0);
+        assert!(b.reserve(None, 100).await.is_ok());
     }
 
     #[tokio::test]
