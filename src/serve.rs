@@ -141,7 +141,9 @@ fn tune_allocator() {
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, ONE_MIB) == 1
         };
         if !ok {
-            tracing::warn!("could not set the allocator's mmap threshold; RSS may exceed the memory budget");
+            tracing::warn!(
+                "could not set the allocator's mmap threshold; RSS may exceed the memory budget"
+            );
         }
     }
 }

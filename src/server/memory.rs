@@ -271,6 +271,11 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Reservations this small never queue when they fit: 1/64 of the pool, at most 1 MiB.
+    fn small_bytes(&self) -> u64 {
+        (self.config.limit / 64).min(1 << 20)
+    }
+
     fn allowed(&self, has_principal: bool) -> u64 {
         match self.config.principal_share {
             Some(share) if has_principal => (self.config.limit as f64 * share) as u64,
@@ -440,7 +445,11 @@ impl Reservation {
                 && self
                     .inner
                     .principal_fits(&st, self.principal.as_ref(), bytes);
-            if fits && (top_up || !self.inner.queue_blocks(&st)) {
+            // Small reservations (a small call's body and answer) go past the queue when they
+            // fit: FIFO protects large calls from being starved by small ones, but making a
+            // 200-byte call wait for a 300 MiB one to fit would only add latency.
+            let small = bytes <= self.inner.small_bytes();
+            if fits && (top_up || small || !self.inner.queue_blocks(&st)) {
                 self.inner.take(&mut st, self.principal.as_ref(), bytes);
                 self.bytes += bytes;
                 return Ok(());
@@ -849,6 +858,22 @@ mod tests {
             .expect("the top-up waited behind a new call")
             .unwrap();
         assert_eq!(working.size(), 60);
+    }
+
+    #[tokio::test]
+    async fn a_small_reservation_goes_past_a_large_waiter_when_it_fits() {
+        let b = budget(64 << 20, 10_000);
+        let _held = b.reserve(None, 40 << 20).await.unwrap();
+        let b2 = b.clone();
+        let _large = tokio::spawn(async move { b2.reserve(None, 30 << 20).await.is_ok() });
+        while b.waiters() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let small = tokio::time::timeout(Duration::from_secs(5), b.reserve(None, 4096))
+            .await
+            .expect("a small reservation waited behind a large one")
+            .unwrap();
+        assert_eq!(small.size(), 4096);
     }
 
     #[tokio::test]
