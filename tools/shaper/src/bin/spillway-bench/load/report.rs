@@ -467,7 +467,13 @@ mod tests {
         assert!(!is_rejection(&status(500)));
         let rpc =
             |code| spillway::Error::from(spillway::wire::RpcError::new("E", "m").with_code(code));
-        assert!(is_rejection(&rpc(spillway::wire::ErrorCode::Unavailable)));
+        let overloaded = spillway::Error::from(
+            spillway::wire::RpcError::new(spillway::server::memory::OVERLOADED_ERROR, "busy")
+                .with_code(spillway::wire::ErrorCode::Unavailable),
+        );
+        assert!(is_rejection(&overloaded));
+        // A store outage is UNAVAILABLE too, but it is an error, not load shedding.
+        assert!(!is_rejection(&rpc(spillway::wire::ErrorCode::Unavailable)));
         assert!(!is_rejection(&rpc(
             spillway::wire::ErrorCode::ResourceExhausted
         )));
