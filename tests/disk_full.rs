@@ -10,24 +10,11 @@ use spillway::client::{Client, ClientConfig};
 use spillway::demo;
 use spillway::url_policy::UrlPolicy;
 use spillway::wire::ErrorCode;
-use spillway_test_support::SmallFs;
+use spillway_test_support::{files_under, SmallFs};
 
 use crate::common::*;
 
 const MIB: i64 = 1024 * 1024;
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
 
 fn client_of(url: &str) -> Client {
     let mut config = ClientConfig::default();

@@ -2,28 +2,14 @@
 //! the test may not mount one). The write fails with an error naming the cause, the partial
 //! temporary file is removed, and the store keeps working once there is room.
 
-use std::path::Path;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use spillway_storage::{PutOptions, PutPayload, Storage, StorageError};
 use spillway_storage_local::{LocalStore, LocalStoreConfig};
-use spillway_test_support::SmallFs;
+use spillway_test_support::{files_under, SmallFs};
 
 const MIB: usize = 1024 * 1024;
-
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
 
 fn chunks(total: usize) -> PutPayload {
     let chunk = Bytes::from(vec![0x5a; MIB]);

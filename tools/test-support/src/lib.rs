@@ -186,3 +186,18 @@ impl Drop for SmallFs {
         let _ = std::fs::remove_dir(&self.path);
     }
 }
+
+/// Every file under `dir`, recursively (a directory that does not exist has none): for tests
+/// that check what a store left on disk.
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
