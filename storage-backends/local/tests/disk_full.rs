@@ -2,7 +2,6 @@
 //! the test may not mount one). The write fails with an error naming the cause, the partial
 //! temporary file is removed, and the store keeps working once there is room.
 
-
 use bytes::Bytes;
 use futures::StreamExt;
 use spillway_storage::{PutOptions, PutPayload, Storage, StorageError};
