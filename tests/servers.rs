@@ -10,6 +10,7 @@
 
 mod common;
 
+mod cli_reference;
 mod client_proxy;
 mod client_reference;
 mod fetch_faults_s3;

@@ -45,6 +45,7 @@
 mod auth;
 mod config;
 mod http;
+pub mod reflection;
 mod request;
 mod response;
 pub mod retry;
@@ -61,6 +62,9 @@ pub use config::{
     MAX_EXTERNALIZED_RESPONSE_BYTES_HEADER, MAX_REQUEST_BYTES_HEADER, MAX_RESPONSE_BYTES_HEADER,
     MAX_UPLOAD_BYTES_HEADER, RPC_ERROR_HEADER, SUPPORTED_ENCODINGS_HEADER,
     UPLOAD_URL_SUPPORT_HEADER,
+};
+pub use reflection::{
+    MethodDescription, MethodKind, ProtocolDescription, ProtocolList, ProtocolSummary,
 };
 pub use request::CallRequest;
 pub use response::{CallOutput, ExternalizedInfo};
