@@ -151,7 +151,12 @@ pub fn inject_metadata(metadata: &mut BTreeMap<String, String>) {
 /// The current span's trace id (32 lowercase hex digits) and span id (16), for log records
 /// that should point at their trace; `None` without an active OpenTelemetry span.
 pub fn current_ids() -> Option<(String, String)> {
-    let cx = current_context()?;
+    span_ids(&tracing::Span::current())
+}
+
+/// [`current_ids`] of `span`.
+pub fn span_ids(span: &tracing::Span) -> Option<(String, String)> {
+    let cx = valid(span.context())?;
     let span = cx.span();
     let sc = span.span_context();
     Some((

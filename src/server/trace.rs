@@ -19,6 +19,15 @@ use crate::wire::{http, Metadata};
 /// reference's).
 pub(crate) const CALL_SPAN: &str = "vgi_rpc.call";
 
+/// Response extension: the call span's ids (32 and 16 lowercase hex digits), for the access
+/// log written outside the span.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // read by the access log
+pub(crate) struct CallTrace {
+    pub(crate) trace_id: String,
+    pub(crate) span_id: String,
+}
+
 /// Route layer of the RPC routes, outside authentication: opens the call span with the
 /// parent named by the `traceparent` header and records the outcome. The span is entered but
 /// not started until the request batch is read, so a `traceparent` in its metadata can still
@@ -86,7 +95,11 @@ pub(crate) async fn trace_call(
     if let Some(cx) = telemetry::extract_headers(req.headers()) {
         telemetry::continue_trace(&span, cx);
     }
-    let resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    if let Some((trace_id, span_id)) = telemetry::span_ids(&span) {
+        resp.extensions_mut()
+            .insert(CallTrace { trace_id, span_id });
+    }
     let status = resp.status().as_u16();
     // A handler failure is answered 200 + X-VGI-RPC-Error (the server's fault: ERROR, as the
     // reference's server-fault codes); a 4xx is the caller's and leaves the status unset.
