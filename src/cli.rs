@@ -326,15 +326,22 @@ async fn storage_init(args: StorageInitArgs) -> Result<()> {
 
 /// Installs the tracing subscriber (`RUST_LOG` overrides the default level).
 pub fn init_tracing(default: &str, format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    // The filter is the log output's own (a per-layer filter): the OpenTelemetry layer sees
+    // Spillway's debug spans whatever the log level.
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(crate::telemetry::init())
+        .try_init();
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

@@ -52,6 +52,7 @@ pub mod retry;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod trace;
 mod transport;
 mod upload;
 
@@ -78,6 +79,7 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -213,7 +215,17 @@ impl Client {
     /// available, or naming `max_response_bytes` when the response is too large;
     /// [`Error::Protocol`] for a response without exactly one result batch; fetch errors when
     /// a pointer cannot be resolved.
+    ///
+    /// The call runs in a `vgi_rpc/{method}` client span; its trace context goes to the
+    /// server in the `traceparent` header and request metadata.
     pub async fn call_with(&self, request: CallRequest) -> Result<CallOutput> {
+        let span = trace::call_span(&self.inner.root, &request.protocol, &request.method, None);
+        let result = self.call_in_span(request).instrument(span.clone()).await;
+        trace::record_outcome(&span, &result);
+        result
+    }
+
+    async fn call_in_span(&self, request: CallRequest) -> Result<CallOutput> {
         let call = self.prepare(&request)?;
         let reply = self
             .post_call(
