@@ -34,6 +34,8 @@ pub mod object;
 #[cfg(feature = "cli")]
 pub mod serve;
 pub mod server;
+#[cfg(feature = "cli")]
+pub mod top;
 pub mod url_policy;
 pub mod wire;
 
