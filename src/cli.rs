@@ -40,6 +40,8 @@ pub enum Command {
     /// Manage the object store.
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Live view of replicas from their metrics: calls/s, errors, latency, memory budget.
+    Top(Box<crate::top::TopArgs>),
 }
 
 /// `spillway storage ...`.
@@ -201,6 +203,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(*args).await,
         Command::Call(args) => call(*args).await,
         Command::Storage(StorageCommand::Init(args)) => storage_init(*args).await,
+        Command::Top(args) => crate::top::run(*args).await,
     }
 }
 
