@@ -23,6 +23,7 @@ mod server_api;
 mod stream_tokens;
 mod streams;
 mod tls;
+mod top;
 mod wire_vectors;
 
 /// With `autotests = false` (Cargo.toml), a file in `tests/` that no test group includes would

@@ -127,8 +127,8 @@ impl Watcher {
         };
         let timeout = Duration::from_secs_f64(args.timeout);
         let mut builder = reqwest::Client::builder()
+            // The whole scrape is bounded by `timeout` (scrape::scrape), which says so.
             .connect_timeout(timeout)
-            .timeout(timeout)
             // A replica's metrics are its own: a redirect elsewhere would carry the token away.
             .redirect(reqwest::redirect::Policy::none());
         if !args.ca_cert.is_empty() {

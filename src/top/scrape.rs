@@ -40,10 +40,13 @@ impl Target {
             url.set_path("/metrics");
         }
         let host = url.host_str().unwrap_or("?").to_string();
-        let name = match url.port_or_known_default() {
+        let mut name = match url.port_or_known_default() {
             Some(p) => format!("{host}:{p}"),
             None => host,
         };
+        if url.path() != "/metrics" {
+            name.push_str(url.path());
+        }
         Ok(Target { name, url })
     }
 }
@@ -131,7 +134,7 @@ mod tests {
         assert_eq!(t.name, "127.0.0.1:8080");
         let t = Target::parse("https://user:pw@example.test/x/metrics?sig=1").unwrap();
         assert_eq!(t.url.path(), "/x/metrics");
-        assert_eq!(t.name, "example.test:443");
+        assert_eq!(t.name, "example.test:443/x/metrics");
         assert!(Target::parse("ftp://a").is_err());
         assert!(Target::parse("not a url").is_err());
     }
