@@ -275,7 +275,7 @@ impl<'a> Window<'a> {
     fn new(prev: Option<&Scrape>, cur: &'a Scrape) -> Self {
         let prev = prev.and_then(|p| {
             let secs = cur.at.saturating_duration_since(p.at).as_secs_f64();
-            (secs > 0.0).then(|| (p, secs))
+            (secs > 0.0).then_some((p, secs))
         });
         Window {
             cur: &cur.samples,

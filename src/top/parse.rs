@@ -136,7 +136,10 @@ fn parse_value(v: &str) -> Option<f64> {
 
 /// Parses `k="v",...}` (the opening brace already consumed); returns the labels and the text
 /// after the closing brace.
-fn parse_labels(mut s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+/// Labels in exposition order.
+type Labels = Vec<(String, String)>;
+
+fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     loop {
         s = s.trim_start();

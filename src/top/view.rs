@@ -154,7 +154,7 @@ fn memory(s: &Stats) -> String {
 
 fn storage(s: &Stats) -> String {
     match s.storage_ready {
-        Some((r, n)) if n == 1 => if r == 1 { "ready" } else { "NOT READY" }.into(),
+        Some((r, 1)) => if r == 1 { "ready" } else { "NOT READY" }.into(),
         Some((r, n)) => format!("{r}/{n} ready"),
         None => "-".into(),
     }
