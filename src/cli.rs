@@ -43,6 +43,8 @@ pub enum Command {
     /// Manage the object store.
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Live view of replicas from their metrics: calls/s, errors, latency, memory budget.
+    Top(Box<crate::top::TopArgs>),
 }
 
 /// `spillway storage ...`.
@@ -303,6 +305,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Call(args) => call::run(*args).await,
         Command::Describe(args) => describe::run(*args).await,
         Command::Storage(StorageCommand::Init(args)) => storage_init(*args).await,
+        Command::Top(args) => crate::top::run(*args).await,
     }
 }
 

@@ -36,6 +36,8 @@ pub mod object;
 pub mod serve;
 pub mod server;
 pub mod telemetry;
+#[cfg(feature = "cli")]
+pub mod top;
 pub mod url_policy;
 pub mod wire;
 

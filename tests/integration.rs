@@ -19,10 +19,12 @@ mod jwt_auth;
 mod ops;
 mod overload;
 mod reflection;
+mod rpc_metrics;
 mod server_api;
 mod stream_tokens;
 mod streams;
 mod tls;
+mod top;
 mod wire_vectors;
 
 /// With `autotests = false` (Cargo.toml), a file in `tests/` that no test group includes would

@@ -33,6 +33,10 @@ PRESTOP_SLEEP_KUBE = "1.30"
 SERVICE_MONITOR_SCHEMA = json.loads(
     (Path(__file__).parent / "servicemonitor.schema.json").read_text()
 )
+# The part of monitoring.coreos.com/v1 PrometheusRule the chart writes (alerting rules).
+PROMETHEUS_RULE_SCHEMA = json.loads(
+    (Path(__file__).parent / "prometheusrule.schema.json").read_text()
+)
 
 
 def load_values(path: Path) -> dict[str, Any]:
@@ -128,5 +132,8 @@ def validate_manifest(doc: dict[str, Any], kube_version: str) -> None:
     """Strict schema validation: unknown fields and wrong types fail."""
     if doc["kind"] == "ServiceMonitor":
         jsonschema.validate(doc, SERVICE_MONITOR_SCHEMA)
+        return
+    if doc["kind"] == "PrometheusRule":
+        jsonschema.validate(doc, PROMETHEUS_RULE_SCHEMA)
         return
     kubernetes_validate.validate(doc, kube_version, strict=True)
