@@ -136,8 +136,10 @@ impl Load {
                 } else {
                     BLOB
                 };
+                // `--kind`: no reflection lookup, so the unknown method reaches the server
+                // (which counts it as `unknown`) instead of being refused by the CLI.
                 let _ = Command::new(BIN)
-                    .args(["call", "--url", &url, target, "size=100"])
+                    .args(["call", "--kind", "unary", "--url", &url, target, "size=100"])
                     .env_clear()
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -270,7 +272,7 @@ fn top_snapshot_when_stdout_is_a_pipe_shows_every_replica_state() {
     // Calls before the snapshot, so the methods are listed.
     for target in [BLOB, "spillway.Demo.v1.nosuch"] {
         let _ = Command::new(BIN)
-            .args(["call", "--url", &server.url, target, "size=10"])
+            .args(["call", "--kind", "unary", "--url", &server.url, target, "size=10"])
             .env_clear()
             .output()
             .unwrap();
