@@ -272,7 +272,15 @@ fn top_snapshot_when_stdout_is_a_pipe_shows_every_replica_state() {
     // Calls before the snapshot, so the methods are listed.
     for target in [BLOB, "spillway.Demo.v1.nosuch"] {
         let _ = Command::new(BIN)
-            .args(["call", "--kind", "unary", "--url", &server.url, target, "size=10"])
+            .args([
+                "call",
+                "--kind",
+                "unary",
+                "--url",
+                &server.url,
+                target,
+                "size=10",
+            ])
             .env_clear()
             .output()
             .unwrap();
