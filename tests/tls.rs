@@ -627,3 +627,33 @@ fn spillway_call_reaches_an_mtls_server_with_its_ca_and_certificate() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("missing_credential"), "{text}");
 }
+
+#[test]
+fn spillway_top_scrapes_an_mtls_server_with_its_ca_and_certificate() {
+    let s = TlsServer::start(true, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = s.ca.write(&dir.path().join("ca.pem"));
+    let (cert, key) = s.ca.client(WORKER_CN, &[]).write(dir.path(), "client");
+    let top = |env: &[(&str, &Path)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .args(["top", "--once", "--interval", "0.2", &s.base])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        crate::common::output_text(&out)
+    };
+    let with_cert = top(&[
+        ("SPILLWAY_CA_CERT", &ca),
+        ("SPILLWAY_CLIENT_CERT", &cert),
+        ("SPILLWAY_CLIENT_KEY", &key),
+    ]);
+    assert!(with_cert.contains("1/1 up"), "{with_cert}");
+    // Without the certificate the server's metrics need a credential: the replica is down, 401.
+    let without = top(&[("SPILLWAY_CA_CERT", &ca)]);
+    assert!(
+        without.contains("0/1 up") && without.contains("401"),
+        "{without}"
+    );
+}

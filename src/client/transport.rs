@@ -60,7 +60,7 @@ impl ClientIdentity {
         })
     }
 
-    pub(super) fn reqwest(&self) -> reqwest::Identity {
+    pub(crate) fn reqwest(&self) -> reqwest::Identity {
         self.0.clone()
     }
 }

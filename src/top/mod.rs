@@ -20,7 +20,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cli::SecretArg;
-use crate::client::{BearerToken, FileToken, TokenProvider};
+use crate::client::{BearerToken, ClientIdentity, FileToken, TokenProvider};
 use crate::error::{Error, Result};
 use crate::fetch::CaBundle;
 
@@ -65,6 +65,13 @@ pub struct TopArgs {
     /// repeated.
     #[arg(long, env = "SPILLWAY_CA_CERT", value_delimiter = ',')]
     pub ca_cert: Vec<PathBuf>,
+    /// PEM client certificate chain presented to replicas that ask for one (mTLS), as
+    /// `spillway call`.
+    #[arg(long, env = "SPILLWAY_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `--client-cert`.
+    #[arg(long, env = "SPILLWAY_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
@@ -133,6 +140,9 @@ impl Watcher {
             .redirect(reqwest::redirect::Policy::none());
         if !args.ca_cert.is_empty() {
             builder = CaBundle::from_files(&args.ca_cert)?.apply(builder);
+        }
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            builder = builder.identity(ClientIdentity::from_files(cert, key)?.reqwest());
         }
         let client = builder
             .build()
