@@ -18,6 +18,7 @@ mod jwt_auth;
 mod ops;
 mod overload;
 mod reflection;
+mod rpc_metrics;
 mod server_api;
 mod stream_tokens;
 mod streams;

@@ -38,6 +38,7 @@ mod reflection;
 mod request;
 mod response;
 mod routes;
+mod rpc_call;
 mod stamp;
 mod state;
 mod stream;

@@ -12,6 +12,7 @@ use axum::response::Response;
 
 use super::compress;
 use super::response::ExternalizedBytes;
+use super::rpc_call;
 use super::state::{AppState, RequestId};
 use crate::wire::http;
 
@@ -37,6 +38,7 @@ pub(crate) async fn stamp_headers(
         .get::<axum::extract::MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
+    let rpc = rpc_call::classify(&st, &route, &path);
     req.extensions_mut().insert(RequestId(request_id.clone()));
     // Decremented on drop, so a call abandoned by its client is not counted forever.
     struct InFlight(metrics::Gauge);
@@ -129,6 +131,11 @@ pub(crate) async fn stamp_headers(
     metrics::counter!("spillway_http_requests_total", &labels).increment(1);
     metrics::histogram!("spillway_http_request_duration_seconds", &labels[..2])
         .record(elapsed.as_secs_f64());
+    if let Some(rpc) = &rpc {
+        // A refusal (4xx, 503) and an EXCEPTION answered as 200 + X-VGI-RPC-Error both fail.
+        let ok = resp.status().is_success() && !resp.headers().contains_key(http::RPC_ERROR);
+        rpc_call::record(rpc, ok, elapsed);
+    }
     tracing::info!(
         target: "spillway::access",
         %method,
