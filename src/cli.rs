@@ -224,19 +224,11 @@ async fn storage_init(args: StorageInitArgs) -> Result<()> {
 
 /// Installs the tracing subscriber (`RUST_LOG` overrides the default level).
 pub fn init_tracing(default: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    crate::logging::init(default, format, None);
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    init_tracing("info", args.log_format);
+    crate::logging::init("info", args.log_format, Some(&args.server_id));
     crate::serve::run(args).await
 }
 

@@ -10,6 +10,7 @@
 
 mod common;
 
+mod access_log;
 mod client_proxy;
 mod client_reference;
 mod fetch_faults_s3;
