@@ -1,19 +1,20 @@
-//! The `spillway` command line: `serve` and `call`.
+//! The `spillway` command line: `serve`, `call`, `describe` and `storage`.
+
+mod call;
+mod describe;
+mod format;
+mod input;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arrow_array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch,
-    RecordBatchOptions, StringArray,
-};
-use arrow_schema::{DataType, Field, Schema};
 use clap::{Args, Parser, Subcommand};
 
+pub use self::call::{parse_params, parse_params_for, split_target};
+pub use self::format::{fetch_summary, format_table, human_bytes};
 use crate::client::{
-    BearerToken, CallRequest, Client, ClientConfig, ClientIdentity, FileToken, RetryPolicy,
-    MAX_RETRIES,
+    BearerToken, ClientConfig, ClientIdentity, FileToken, RetryPolicy, MAX_RETRIES,
 };
 use crate::config::{LogFormat, ServeArgs, StorageArgs, StorageKind};
 use crate::error::{Error, Result};
@@ -35,8 +36,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the RPC server (with the built-in `spillway.Demo.v1` protocol).
     Serve(Box<ServeArgs>),
-    /// Call a unary method and print its result.
+    /// Call a method (unary, producer or exchange stream) and print or save its result.
     Call(Box<CallArgs>),
+    /// Show the protocols a server hosts and their methods, from its reflection.
+    Describe(Box<DescribeArgs>),
     /// Manage the object store.
     #[command(subcommand)]
     Storage(StorageCommand),
@@ -70,24 +73,96 @@ pub struct StorageInitArgs {
 /// `spillway call` settings.
 #[derive(Debug, Clone, Args)]
 pub struct CallArgs {
-    /// `PROTOCOL.METHOD`, e.g. `spillway.Demo.v1.blob` (the method is after the last dot).
+    /// `PROTOCOL.METHOD`, e.g. `spillway.Demo.v1.blob` (the method is after the last dot), or
+    /// a bare `METHOD` of the server's primary protocol (needs reflection).
     pub target: String,
-    /// Parameters as `name=value` (type inferred: int64, float64, bool, else utf8) or
+    /// Parameters as `name=value`, converted to the type the method declares (from
+    /// reflection; without it inferred: int64, float64, bool, else utf8), or
     /// `name:TYPE=value` with TYPE one of int64, float64, bool, utf8, binary; `@PATH` as a
-    /// utf8 or binary value reads the file.
+    /// utf8 or binary value reads the file; list, struct and map values are JSON.
     pub params: Vec<String>,
+    /// `vgi_rpc.protocol_version` to send, for protocols that declare a version (default:
+    /// the version reflection reports).
+    #[arg(long, env = "SPILLWAY_PROTOCOL_VERSION")]
+    pub protocol_version: Option<String>,
+    /// Output format: `table` (default), `json` (one JSON object per row, a stream header as
+    /// `{"__header__": {...}}`) or `arrow` (an Arrow IPC stream; the default with
+    /// `--output`).
+    #[arg(long, short, value_enum)]
+    pub format: Option<OutputFormat>,
+    /// Write the result to this file instead of stdout; stream batches are appended as they
+    /// arrive.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// The method's type, when the server has no reflection (or to skip the lookup).
+    #[arg(long, value_enum)]
+    pub kind: Option<CallKind>,
+    /// Exchange input: an Arrow IPC stream or file, or JSON lines (one row per line, one
+    /// exchange step per batch or line); `-` reads stdin.
+    #[arg(long, short, conflicts_with = "send")]
+    pub input: Option<PathBuf>,
+    /// One exchange input row as comma-separated `name[:TYPE]=value` pairs; repeat for one
+    /// step per row.
+    #[arg(long)]
+    pub send: Vec<String>,
+    /// Connection, security, retry and fetch settings.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `spillway describe` settings.
+#[derive(Debug, Clone, Args)]
+pub struct DescribeArgs {
+    /// Describe only this protocol (default: every hosted protocol).
+    pub protocol: Option<String>,
+    /// Output format: `table` (default) or `json` (stable keys, for programs).
+    #[arg(long, short, value_enum, default_value_t = DescribeFormat::Table)]
+    pub format: DescribeFormat,
+    /// Connection, security, retry and fetch settings.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `spillway call --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Text tables, one per batch.
+    Table,
+    /// JSON lines, one object per row.
+    Json,
+    /// An Arrow IPC stream.
+    Arrow,
+}
+
+/// `spillway describe --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DescribeFormat {
+    /// Text for people.
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+/// `spillway call --kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CallKind {
+    /// One request, one result.
+    Unary,
+    /// A server-driven stream of batches.
+    Producer,
+    /// A lock-step stream: one output batch per input batch.
+    Exchange,
+}
+
+/// The client settings shared by `spillway call` and `spillway describe`.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
     /// Server base URL.
     #[arg(long, env = "SPILLWAY_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// Mount prefix of the server's routes.
     #[arg(long, env = "SPILLWAY_PREFIX", default_value = "")]
     pub prefix: String,
-    /// `vgi_rpc.protocol_version` to send, for protocols that declare a version.
-    #[arg(long, env = "SPILLWAY_PROTOCOL_VERSION")]
-    pub protocol_version: Option<String>,
-    /// Write the result as an Arrow IPC stream to this file instead of printing a table.
-    #[arg(long, short)]
-    pub output: Option<PathBuf>,
     /// Allow pointer URLs over plain http (URLs on the server's own origin always are).
     #[arg(long, env = "SPILLWAY_ALLOW_HTTP")]
     pub allow_http: bool,
@@ -174,7 +249,33 @@ impl std::str::FromStr for SecretArg {
     }
 }
 
-impl CallArgs {
+impl ClientArgs {
+    /// The client configuration these flags describe (a progress callback is the caller's).
+    pub fn client_config(&self) -> Result<ClientConfig> {
+        let timeout = Duration::from_secs(self.timeout.max(1));
+        let mut config = ClientConfig {
+            prefix: self.prefix.clone(),
+            request_compression: if self.no_compression { None } else { Some(1) },
+            timeout,
+            retry: RetryPolicy::default()
+                .with_max_retries(self.call_retries)
+                .with_deadline(timeout)
+                .idempotent(self.retry_idempotent),
+            ..ClientConfig::default()
+        };
+        config.fetch.policy = UrlPolicy {
+            allow_http: self.allow_http,
+            allow_loopback: self.allow_loopback,
+            allow_private_networks: self.allow_private_networks,
+            trusted_origins: Vec::new(),
+        };
+        config.fetch.max_fetch_bytes = self.max_fetch_bytes;
+        config.fetch.max_decompressed_bytes = self.max_fetch_bytes.saturating_mul(4);
+        self.fetch.apply(&mut config.fetch);
+        self.apply_security(&mut config)?;
+        Ok(config)
+    }
+
     /// The credential and TLS settings of the call, applied to `config`.
     pub fn apply_security(&self, config: &mut ClientConfig) -> Result<()> {
         if let Some(token) = &self.token {
@@ -199,7 +300,8 @@ impl CallArgs {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
-        Command::Call(args) => call(*args).await,
+        Command::Call(args) => call::run(*args).await,
+        Command::Describe(args) => describe::run(*args).await,
         Command::Storage(StorageCommand::Init(args)) => storage_init(*args).await,
     }
 }
@@ -230,370 +332,4 @@ pub fn init_tracing(default: &str, format: LogFormat) {
 async fn serve(args: ServeArgs) -> Result<()> {
     crate::logging::init("info", args.log_format, Some(&args.server_id));
     crate::serve::run(args).await
-}
-
-/// Splits `PROTOCOL.METHOD` at the last dot.
-pub fn split_target(target: &str) -> Result<(&str, &str)> {
-    match target.rsplit_once('.') {
-        Some((p, m)) if !p.is_empty() && !m.is_empty() => Ok((p, m)),
-        _ => Err(Error::Config(format!(
-            "target must be PROTOCOL.METHOD (e.g. spillway.Demo.v1.blob), got {target:?}"
-        ))),
-    }
-}
-
-/// Builds the one-row parameter batch from `name[:TYPE]=value` arguments.
-pub fn parse_params(args: &[String]) -> Result<RecordBatch> {
-    let mut fields = Vec::new();
-    let mut columns: Vec<ArrayRef> = Vec::new();
-    for arg in args {
-        let (lhs, value) = arg.split_once('=').ok_or_else(|| {
-            Error::Config(format!(
-                "parameter must be name=value or name:TYPE=value, got {arg:?}"
-            ))
-        })?;
-        let (name, ty) = match lhs.split_once(':') {
-            Some((n, t)) => (n, Some(t.to_ascii_lowercase())),
-            None => (lhs, None),
-        };
-        if name.is_empty() {
-            return Err(Error::Config(format!("parameter without a name: {arg:?}")));
-        }
-        let ty = ty.unwrap_or_else(|| infer_type(value).to_string());
-        let bad = |what: &str| Error::Config(format!("parameter {name}: {value:?} is not {what}"));
-        let (dt, col): (DataType, ArrayRef) = match ty.as_str() {
-            "int64" | "int" | "i64" => (
-                DataType::Int64,
-                Arc::new(Int64Array::from(vec![value.parse::<i64>().map_err(|_| bad("an int64"))?])),
-            ),
-            "float64" | "float" | "f64" | "double" => (
-                DataType::Float64,
-                Arc::new(Float64Array::from(vec![value
-                    .parse::<f64>()
-                    .map_err(|_| bad("a float64"))?])),
-            ),
-            "bool" | "boolean" => (
-                DataType::Boolean,
-                Arc::new(BooleanArray::from(vec![value
-                    .parse::<bool>()
-                    .map_err(|_| bad("true or false"))?])),
-            ),
-            "utf8" | "string" | "str" => {
-                let text = match value.strip_prefix('@') {
-                    Some(path) => std::fs::read_to_string(path).map_err(|e| {
-                        Error::Config(format!("parameter {name}: cannot read {path}: {e}"))
-                    })?,
-                    None => value.to_string(),
-                };
-                (DataType::Utf8, Arc::new(StringArray::from(vec![text])))
-            }
-            "binary" | "bytes" => {
-                let data = match value.strip_prefix('@') {
-                    Some(path) => std::fs::read(path).map_err(|e| {
-                        Error::Config(format!("parameter {name}: cannot read {path}: {e}"))
-                    })?,
-                    None => value.as_bytes().to_vec(),
-                };
-                (
-                    DataType::Binary,
-                    Arc::new(BinaryArray::from_vec(vec![&data[..]])),
-                )
-            }
-            other => {
-                return Err(Error::Config(format!(
-                    "parameter {name}: unknown type {other:?} (use int64, float64, bool, utf8 or binary)"
-                )))
-            }
-        };
-        fields.push(Field::new(name, dt, false));
-        columns.push(col);
-    }
-    let schema = Arc::new(Schema::new(fields));
-    let rows = if columns.is_empty() { 0 } else { 1 };
-    Ok(RecordBatch::try_new_with_options(
-        schema,
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(rows)),
-    )?)
-}
-
-fn infer_type(value: &str) -> &'static str {
-    if value.parse::<i64>().is_ok() {
-        "int64"
-    } else if value.parse::<f64>().is_ok() {
-        "float64"
-    } else if value == "true" || value == "false" {
-        "bool"
-    } else {
-        "utf8"
-    }
-}
-
-async fn call(args: CallArgs) -> Result<()> {
-    init_tracing("warn", LogFormat::Text);
-    let (protocol, method) = split_target(&args.target)?;
-    let params = parse_params(&args.params)?;
-    let mut config = ClientConfig {
-        prefix: args.prefix.clone(),
-        request_compression: if args.no_compression { None } else { Some(1) },
-        timeout: Duration::from_secs(args.timeout.max(1)),
-        retry: RetryPolicy::default()
-            .with_max_retries(args.call_retries)
-            .with_deadline(Duration::from_secs(args.timeout.max(1)))
-            .idempotent(args.retry_idempotent),
-        ..ClientConfig::default()
-    };
-    config.fetch.policy = UrlPolicy {
-        allow_http: args.allow_http,
-        allow_loopback: args.allow_loopback,
-        allow_private_networks: args.allow_private_networks,
-        trusted_origins: Vec::new(),
-    };
-    config.fetch.max_fetch_bytes = args.max_fetch_bytes;
-    config.fetch.max_decompressed_bytes = args.max_fetch_bytes.saturating_mul(4);
-    args.fetch.apply(&mut config.fetch);
-    args.apply_security(&mut config)?;
-    // Created on the first progress report of a large object; drawn only on a terminal.
-    let bar = Arc::new(std::sync::OnceLock::<indicatif::ProgressBar>::new());
-    let progress_bar = bar.clone();
-    config.progress = Some(Arc::new(move |done, total| {
-        let Some(total) = total.filter(|t| *t >= PROGRESS_BAR_MIN_BYTES) else {
-            return;
-        };
-        progress_bar
-            .get_or_init(|| fetch_progress_bar(total))
-            .set_position(done);
-    }));
-    let started = Instant::now();
-    let client = Client::new(&args.url, config)?;
-    let out = client
-        .call_with(CallRequest {
-            protocol: protocol.to_string(),
-            method: method.to_string(),
-            params,
-            protocol_version: args.protocol_version.clone(),
-            metadata: Default::default(),
-        })
-        .await;
-    if let Some(b) = bar.get() {
-        b.finish_and_clear();
-    }
-    let out = out?;
-    for log in &out.logs {
-        eprintln!("[{}] {}", log.level, log.message);
-    }
-    if let Some(ext) = &out.externalized {
-        eprintln!("{}", fetch_summary(&ext.stats, &ext.url));
-    } else {
-        eprintln!("inline result");
-    }
-    match &args.output {
-        Some(path) => {
-            let schema = out.batch.schema();
-            let bytes = crate::wire::write_stream(
-                &schema,
-                &[crate::wire::MetaBatch::plain(out.batch.clone())],
-            )?;
-            std::fs::write(path, &bytes)
-                .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
-            eprintln!(
-                "wrote {} to {}",
-                human_bytes(bytes.len() as u64),
-                path.display()
-            );
-        }
-        None => println!("{}", format_table(&out.batch)?),
-    }
-    eprintln!("done in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
-    Ok(())
-}
-
-/// Objects at least this large get a progress bar while they download.
-const PROGRESS_BAR_MIN_BYTES: u64 = 16 * 1024 * 1024;
-
-fn fetch_progress_bar(total: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "fetching {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    bar
-}
-
-/// The one-line summary of a resolved pointer: size, time, throughput, chunks, retries and
-/// hedges.
-pub fn fetch_summary(stats: &crate::fetch::FetchStats, url: &str) -> String {
-    let secs = stats.elapsed.as_secs_f64().max(1e-9);
-    format!(
-        "externalized result: {} stored ({} decoded) fetched in {:.1} ms ({}/s; {} {}, {} {}, hedges {} launched / {} won) from {}",
-        human_bytes(stats.encoded_bytes),
-        human_bytes(stats.decoded_bytes),
-        secs * 1000.0,
-        human_bytes((stats.encoded_bytes as f64 / secs) as u64),
-        stats.chunks,
-        if stats.chunks == 1 { "chunk" } else { "chunks" },
-        stats.retries,
-        if stats.retries == 1 { "retry" } else { "retries" },
-        stats.hedges_launched,
-        stats.hedges_won,
-        url
-    )
-}
-
-/// `1.5 MiB`-style sizes.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
-/// Most characters shown per cell; longer values are summarized.
-const MAX_CELL_CHARS: usize = 64;
-/// Most rows printed.
-const MAX_ROWS: usize = 50;
-
-/// A table of the batch, with long cells summarized (a 1 GiB binary prints as its size and
-/// first bytes, not as 2 GiB of hex).
-pub fn format_table(batch: &RecordBatch) -> Result<String> {
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::ASCII_FULL_CONDENSED);
-    let schema = batch.schema();
-    table.set_header(
-        schema
-            .fields()
-            .iter()
-            .map(|f| format!("{}: {}", f.name(), f.data_type())),
-    );
-    let options = arrow_cast::display::FormatOptions::default().with_null("null");
-    let formatters = batch
-        .columns()
-        .iter()
-        .map(|c| arrow_cast::display::ArrayFormatter::try_new(c.as_ref(), &options))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    for row in 0..batch.num_rows().min(MAX_ROWS) {
-        let mut cells = Vec::new();
-        for (col, fmt) in batch.columns().iter().zip(&formatters) {
-            cells.push(cell_text(col.as_ref(), fmt, row));
-        }
-        table.add_row(cells);
-    }
-    let mut out = table.to_string();
-    if batch.num_rows() > MAX_ROWS {
-        out.push_str(&format!(
-            "\n... {} more rows (use --output FILE for all of them)",
-            batch.num_rows() - MAX_ROWS
-        ));
-    }
-    Ok(out)
-}
-
-fn cell_text(col: &dyn Array, fmt: &arrow_cast::display::ArrayFormatter<'_>, row: usize) -> String {
-    if let Some(b) = col.as_any().downcast_ref::<BinaryArray>() {
-        if b.is_valid(row) && b.value(row).len() * 2 > MAX_CELL_CHARS {
-            let v = b.value(row);
-            let head: String = v.iter().take(8).map(|x| format!("{x:02x}")).collect();
-            return format!("<{} bytes: {head}...>", v.len());
-        }
-    }
-    let text = fmt.value(row).to_string();
-    if text.chars().count() > MAX_CELL_CHARS {
-        let head: String = text.chars().take(MAX_CELL_CHARS).collect();
-        format!("{head}... ({} chars)", text.chars().count())
-    } else {
-        text
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn params_parse_and_infer() {
-        let b = parse_params(&[
-            "size=10".into(),
-            "ratio=0.5".into(),
-            "flag=true".into(),
-            "name=abc".into(),
-            "data:binary=xyz".into(),
-        ])
-        .unwrap();
-        let types: Vec<_> = b
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect();
-        assert_eq!(
-            types,
-            vec![
-                DataType::Int64,
-                DataType::Float64,
-                DataType::Boolean,
-                DataType::Utf8,
-                DataType::Binary
-            ]
-        );
-        assert!(b.schema().fields().iter().all(|f| !f.is_nullable()));
-        assert_eq!(b.num_rows(), 1);
-        assert_eq!(parse_params(&[]).unwrap().num_rows(), 0);
-        for bad in [
-            "novalue",
-            "=1",
-            "x:int64=abc",
-            "x:weird=1",
-            "x:binary=@/nonexistent/file",
-        ] {
-            assert!(parse_params(&[bad.to_string()]).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn targets_split_at_last_dot() {
-        assert_eq!(
-            split_target("spillway.Demo.v1.blob").unwrap(),
-            ("spillway.Demo.v1", "blob")
-        );
-        assert!(split_target("blob").is_err());
-        assert!(split_target("x.").is_err());
-    }
-
-    #[test]
-    fn fetch_summary_line() {
-        let stats = crate::fetch::FetchStats {
-            encoded_bytes: 64 * 1024 * 1024,
-            decoded_bytes: 64 * 1024 * 1024,
-            elapsed: Duration::from_millis(500),
-            chunks: 8,
-            retries: 1,
-            hedges_launched: 2,
-            hedges_won: 1,
-            ..Default::default()
-        };
-        assert_eq!(
-            fetch_summary(&stats, "http://h/k"),
-            "externalized result: 64.0 MiB stored (64.0 MiB decoded) fetched in 500.0 ms \
-             (128.0 MiB/s; 8 chunks, 1 retry, hedges 2 launched / 1 won) from http://h/k"
-        );
-    }
-
-    #[test]
-    fn big_binary_cells_are_summarized() {
-        let b = crate::demo::binary_result_batch(vec![0xab; 1000]).unwrap();
-        let t = format_table(&b).unwrap();
-        assert!(t.contains("<1000 bytes: abababababababab...>"), "{t}");
-        assert!(t.len() < 400);
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(12), "12 B");
-    }
 }

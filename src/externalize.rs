@@ -20,6 +20,8 @@ use spillway_storage::{
     ObjectMeta, PresignMethod, PresignedUrl, PutOptions, PutPayload, Storage, StorageError,
 };
 use tokio::sync::mpsc;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::wire::{pointer_batch, IpcStreamWriter, MetaBatch, ARROW_STREAM_CONTENT_TYPE};
@@ -180,7 +182,46 @@ impl Externalizer {
 
     /// Stores `batches` (one complete IPC stream on `schema`) as one object and returns a
     /// pointer to it on `schema`. `estimated_bytes` is checked against the cap before any work.
+    ///
+    /// Runs in a `spillway.externalize` span with two children, `vgi_rpc.external/encode`
+    /// (the encoder thread) and `vgi_rpc.external/upload` (the storage write), named and
+    /// attributed as the reference's spans.
     pub async fn externalize(
+        &self,
+        schema: &SchemaRef,
+        batches: Vec<MetaBatch>,
+        estimated_bytes: u64,
+        method: &str,
+    ) -> Result<Externalized> {
+        let span = tracing::debug_span!(
+            "spillway.externalize",
+            otel.status_code = Empty,
+            rpc.method = method,
+            compression = %self.config.compression,
+            estimated_bytes,
+            raw_bytes = Empty,
+            stored_bytes = Empty,
+            url = Empty,
+        );
+        let result = self
+            .externalize_in_span(schema, batches, estimated_bytes, method)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(x) => {
+                span.record("raw_bytes", x.raw_bytes);
+                span.record("stored_bytes", x.stored_bytes);
+                span.record("url", crate::telemetry::url_attribute(x.url.url.as_str()));
+                span.record("otel.status_code", "OK");
+            }
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        result
+    }
+
+    async fn externalize_in_span(
         &self,
         schema: &SchemaRef,
         batches: Vec<MetaBatch>,
@@ -205,7 +246,21 @@ impl Externalizer {
         // consequence, and the upload's own error (disk full, store unavailable) is the cause.
         let upload_gone = Arc::new(AtomicBool::new(false));
         let gone = upload_gone.clone();
+        let encode_span = tracing::debug_span!(
+            "spillway.externalize.encode",
+            otel.name = "vgi_rpc.external/encode",
+            otel.status_code = Empty,
+            compression = %compression,
+            original_bytes = Empty,
+            encoded_bytes = Empty,
+            encode_ms = Empty,
+            hash_ms = Empty,
+            compress_ms = Empty,
+            upload_wait_ms = Empty,
+        );
         let encode = tokio::task::spawn_blocking(move || {
+            // Ends when the encoder does (the span is dropped with this closure).
+            let span = encode_span;
             let sink = ChunkSender {
                 tx: tx.clone(),
                 buf: BytesMut::with_capacity(chunk_bytes),
@@ -215,6 +270,7 @@ impl Externalizer {
                 upload_gone: gone,
             };
             let result = encode_object(&writer_schema, &batches, compression, cap, sink);
+            record_encode(&span, &result);
             if result.is_err() {
                 // Tell the upload to abort so no partial object is kept.
                 let _ = tx.blocking_send(Err(io::Error::other("the object encoder failed")));
@@ -241,11 +297,31 @@ impl Externalizer {
                 content_encoding: compression.content_encoding().map(str::to_string),
             },
         );
+        let upload_span = tracing::debug_span!(
+            "spillway.externalize.upload",
+            otel.name = "vgi_rpc.external/upload",
+            otel.kind = "client",
+            otel.status_code = Empty,
+            compression = compression.content_encoding().unwrap_or("identity"),
+            upload_bytes = Empty,
+            original_bytes = Empty,
+            url = Empty,
+        );
         let put = async {
             let r = put.await;
             (r, upload_started.elapsed())
-        };
+        }
+        .instrument(upload_span.clone());
         let ((put_result, upload_time), encode_result) = tokio::join!(put, encode);
+        match &put_result {
+            Ok(meta) => {
+                upload_span.record("upload_bytes", meta.size);
+                upload_span.record("otel.status_code", "OK");
+            }
+            Err(_) => {
+                upload_span.record("otel.status_code", "ERROR");
+            }
+        }
         let encoded =
             encode_result.map_err(|e| Error::Internal(format!("encoder task failed: {e}")))?;
         let (encoded, meta) = root_cause(encoded, put_result, upload_gone.load(Ordering::SeqCst))?;
@@ -261,6 +337,8 @@ impl Externalizer {
             .storage
             .presign(&key, PresignMethod::Get, self.config.presign_ttl)
             .await?;
+        upload_span.record("original_bytes", raw_bytes);
+        upload_span.record("url", crate::telemetry::url_attribute(url.url.as_str()));
         let pointer = pointer_batch(schema, url.url.as_str(), Some(&sha256));
         Ok(Externalized {
             pointer,
@@ -378,6 +456,25 @@ fn encode_object(
         stored_bytes: sink.sent,
         timings,
     })
+}
+
+/// The encoder span's outcome and stage timings.
+fn record_encode(span: &tracing::Span, result: &std::result::Result<Encoded, EncodeError>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match result {
+        Ok(e) => {
+            span.record("original_bytes", e.raw_bytes);
+            span.record("encoded_bytes", e.stored_bytes);
+            span.record("encode_ms", ms(e.timings.encode));
+            span.record("hash_ms", ms(e.timings.hash));
+            span.record("compress_ms", ms(e.timings.compress));
+            span.record("upload_wait_ms", ms(e.timings.upload_wait));
+            span.record("otel.status_code", "OK");
+        }
+        Err(_) => {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
 }
 
 fn unreachable_inner<T>() -> std::result::Result<T, EncodeError> {

@@ -13,6 +13,7 @@
 //! - [`url_policy`]: which URLs may be fetched.
 //! - [`server`]: the axum HTTP RPC server and the API to register protocols.
 //! - [`client`]: the Rust client.
+//! - [`telemetry`]: W3C trace context in and out, OTLP span export (feature `otlp`).
 //! - [`demo`]: the built-in `spillway.Demo.v1` protocol.
 //! - [`config`]: settings of `spillway serve` (the flags and environment variables need the
 //!   `cli` feature).
@@ -36,6 +37,7 @@ pub mod object;
 #[cfg(feature = "cli")]
 pub mod serve;
 pub mod server;
+pub mod telemetry;
 pub mod url_policy;
 pub mod wire;
 

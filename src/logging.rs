@@ -1,9 +1,9 @@
 //! Log output of the command line: `tracing` events to stderr, as text or JSON lines, each
 //! carrying the server id when there is one.
 //!
-//! The subscriber is a `tracing_subscriber::registry()` with layers (`.with(filter)`,
-//! `.with(fmt layer)`), so another layer (OpenTelemetry's, say) is one more `.with(...)` in
-//! [`init`].
+//! The subscriber is a `tracing_subscriber::registry()` with layers: the log output (with
+//! its own level filter) and OpenTelemetry's ([`crate::telemetry`]); another layer is one
+//! more `.with(...)` in [`init`].
 
 use std::fmt;
 
@@ -41,9 +41,11 @@ pub fn init(default: &str, format: LogFormat, server_id: Option<&str>) {
             })
             .boxed(),
     };
+    // The filter is the log output's own (a per-layer filter): the OpenTelemetry layer sees
+    // Spillway's debug spans whatever the log level.
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt_layer)
+        .with(fmt_layer.with_filter(filter))
+        .with(crate::telemetry::init())
         .try_init();
 }
 

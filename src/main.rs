@@ -16,7 +16,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(spillway::cli::run(cli)) {
+    let outcome = runtime.block_on(spillway::cli::run(cli));
+    // After `serve` drained (or `call` finished), with the runtime still up: the spans still
+    // buffered go to the collector before the process exits.
+    spillway::telemetry::shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, no backtrace: the error text is already redacted.

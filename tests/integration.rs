@@ -8,6 +8,7 @@ mod common;
 
 mod auth;
 mod cli;
+mod cli_streams;
 mod client_auth;
 mod client_retry;
 mod disk_full;

@@ -80,6 +80,11 @@ impl Client {
         if let Some(t) = &token {
             req = req.header(reqwest::header::AUTHORIZATION, authorization_value(t)?);
         }
+        let mut trace = reqwest::header::HeaderMap::new();
+        crate::telemetry::inject_headers(&mut trace);
+        if !trace.is_empty() {
+            req = req.headers(trace);
+        }
         Ok((req, token))
     }
 

@@ -45,12 +45,14 @@
 mod auth;
 mod config;
 mod http;
+pub mod reflection;
 mod request;
 mod response;
 pub mod retry;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod trace;
 mod transport;
 mod upload;
 
@@ -61,6 +63,9 @@ pub use config::{
     MAX_EXTERNALIZED_RESPONSE_BYTES_HEADER, MAX_REQUEST_BYTES_HEADER, MAX_RESPONSE_BYTES_HEADER,
     MAX_UPLOAD_BYTES_HEADER, RPC_ERROR_HEADER, SUPPORTED_ENCODINGS_HEADER,
     UPLOAD_URL_SUPPORT_HEADER,
+};
+pub use reflection::{
+    MethodDescription, MethodKind, ProtocolDescription, ProtocolList, ProtocolSummary,
 };
 pub use request::CallRequest;
 pub use response::{CallOutput, ExternalizedInfo};
@@ -74,6 +79,7 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -209,7 +215,17 @@ impl Client {
     /// available, or naming `max_response_bytes` when the response is too large;
     /// [`Error::Protocol`] for a response without exactly one result batch; fetch errors when
     /// a pointer cannot be resolved.
+    ///
+    /// The call runs in a `vgi_rpc/{method}` client span; its trace context goes to the
+    /// server in the `traceparent` header and request metadata.
     pub async fn call_with(&self, request: CallRequest) -> Result<CallOutput> {
+        let span = trace::call_span(&self.inner.root, &request.protocol, &request.method, None);
+        let result = self.call_in_span(request).instrument(span.clone()).await;
+        trace::record_outcome(&span, &result);
+        result
+    }
+
+    async fn call_in_span(&self, request: CallRequest) -> Result<CallOutput> {
         let call = self.prepare(&request)?;
         let reply = self
             .post_call(

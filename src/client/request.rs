@@ -251,6 +251,8 @@ pub(super) fn build_request_body(request: &CallRequest) -> Result<(SchemaRef, Me
         )));
     };
     let mut metadata = request.metadata.clone();
+    // As the reference client: the call's trace context rides in the request batch too.
+    crate::telemetry::inject_metadata(&mut metadata);
     metadata.insert(keys::METHOD.into(), request.method.clone());
     metadata.insert(keys::REQUEST_VERSION.into(), REQUEST_VERSION.into());
     metadata.insert(keys::PROTOCOL.into(), request.protocol.clone());

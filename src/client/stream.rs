@@ -9,12 +9,13 @@ use bytes::Bytes;
 
 use super::request::CallRequest;
 use super::response::{emit_log, ExternalizedInfo, Reply};
-use super::Client;
+use super::{trace, Client};
 use crate::error::{Error, Result};
 use crate::wire::{
     classify, keys, read_streams, write_stream, BatchKind, IpcStream, LogMessage, MetaBatch,
     Metadata, ReadLimits, RpcError,
 };
+use tracing::Instrument;
 
 /// Most consecutive producer steps without data before the client gives up (a producer that
 /// only logs forever would otherwise spin).
@@ -49,6 +50,7 @@ pub struct StreamBatch {
 pub struct ClientStream {
     client: Client,
     url: String,
+    protocol: String,
     method: String,
     header: Option<StreamBatch>,
     init_logs: Vec<LogMessage>,
@@ -85,6 +87,18 @@ impl Client {
     /// producer the first step runs inside `/init`, and its batch (if any) is returned by the
     /// first [`ClientStream::next`].
     pub async fn open_stream(&self, request: CallRequest) -> Result<ClientStream> {
+        let span = trace::call_span(
+            &self.inner.root,
+            &request.protocol,
+            &request.method,
+            Some("init"),
+        );
+        let result = self.open_in_span(request).instrument(span.clone()).await;
+        trace::record_outcome(&span, &result);
+        result
+    }
+
+    async fn open_in_span(&self, request: CallRequest) -> Result<ClientStream> {
         let call = self.prepare(&request)?;
         let reply = self
             .post_call(
@@ -99,6 +113,7 @@ impl Client {
         let mut stream = ClientStream {
             client: self.clone(),
             url: call.url,
+            protocol: request.protocol.clone(),
             method: request.method.clone(),
             header: None,
             init_logs: Vec::new(),
@@ -277,6 +292,26 @@ impl ClientStream {
 
     /// One step: POST, then its output stream read (pointers resolved, tokens collected).
     async fn step(
+        &self,
+        schema: &SchemaRef,
+        batch: RecordBatch,
+        md: Metadata,
+    ) -> Result<StepReply> {
+        let span = trace::call_span(
+            &self.client.inner.root,
+            &self.protocol,
+            &self.method,
+            Some("exchange"),
+        );
+        let result = self
+            .step_in_span(schema, batch, md)
+            .instrument(span.clone())
+            .await;
+        trace::record_outcome(&span, &result);
+        result
+    }
+
+    async fn step_in_span(
         &self,
         schema: &SchemaRef,
         batch: RecordBatch,

@@ -296,7 +296,21 @@ impl Fetcher {
             url: redacted.clone(),
             reason: format!("not a valid url: {e}"),
         });
-        let span = tracing::info_span!("spillway.fetch", url = %redacted);
+        let span = tracing::info_span!(
+            "spillway.fetch",
+            url = %redacted,
+            otel.name = "vgi_rpc.external/fetch",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            url.full = %crate::telemetry::url_attribute(url),
+            bytes = tracing::field::Empty,
+            chunks = tracing::field::Empty,
+            requests = tracing::field::Empty,
+            retries = tracing::field::Empty,
+            hedges_launched = tracing::field::Empty,
+            hedges_won = tracing::field::Empty,
+            ranged = tracing::field::Empty,
+        );
         let result = async {
             let job = Job {
                 transport: self.transport.clone(),
@@ -312,17 +326,29 @@ impl Fetcher {
         .await;
         let _entered = span.enter();
         match &result {
-            Ok(d) => tracing::debug!(
-                bytes = d.stats.encoded_bytes,
-                elapsed_ms = d.stats.elapsed.as_millis() as u64,
-                chunks = d.stats.chunks,
-                requests = d.stats.requests,
-                retries = d.stats.retries,
-                hedges_launched = d.stats.hedges_launched,
-                hedges_won = d.stats.hedges_won,
-                "fetched"
-            ),
+            Ok(d) => {
+                let s = &d.stats;
+                span.record("otel.status_code", "OK");
+                span.record("bytes", s.encoded_bytes);
+                span.record("chunks", s.chunks);
+                span.record("requests", s.requests);
+                span.record("retries", s.retries);
+                span.record("hedges_launched", s.hedges_launched);
+                span.record("hedges_won", s.hedges_won);
+                span.record("ranged", s.ranged);
+                tracing::debug!(
+                    bytes = d.stats.encoded_bytes,
+                    elapsed_ms = d.stats.elapsed.as_millis() as u64,
+                    chunks = d.stats.chunks,
+                    requests = d.stats.requests,
+                    retries = d.stats.retries,
+                    hedges_launched = d.stats.hedges_launched,
+                    hedges_won = d.stats.hedges_won,
+                    "fetched"
+                )
+            }
             Err(e) => {
+                span.record("otel.status_code", "ERROR");
                 metrics::counter!("spillway_fetch_failures_total", "kind" => http::failure_label(e))
                     .increment(1);
                 tracing::debug!(error = %e, "fetch failed");

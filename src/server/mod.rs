@@ -45,6 +45,7 @@ mod state;
 mod stream;
 pub mod tls;
 mod tokens;
+mod trace;
 mod unary;
 mod upload;
 
@@ -280,6 +281,11 @@ impl Server {
                 admission::admit,
             ))
             .route_layer(gate())
+            // Outside the gate, as the reference's middleware: the span covers authentication.
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                trace::trace_call,
+            ))
             .route("/health", get(health).head(health).options(health_options));
         if let Some((path, routes)) = self.storage_routes {
             rpc = rpc.nest_service(&path, routes);

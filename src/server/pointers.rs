@@ -9,6 +9,7 @@ use std::time::Instant;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use spillway_storage::{collect_capped, CappedError, Storage, StorageError};
+use tracing::Instrument;
 use url::Url;
 
 use super::memory::CallMemory;
@@ -29,9 +30,40 @@ pub(crate) async fn resolve_request_pointer(
     request_id: &str,
     memory: &CallMemory,
 ) -> Result<ResolvedBatch> {
+    let span = tracing::debug_span!(
+        "spillway.request_pointer",
+        otel.name = "spillway.request_pointer/read",
+        otel.status_code = tracing::field::Empty,
+        url.full = tracing::field::Empty,
+        rpc.vgi_rpc.request_id = request_id,
+        source = if st.config.request_pointer_fetcher.is_some() {
+            "fetch"
+        } else {
+            "storage"
+        },
+        bytes = tracing::field::Empty,
+    );
+    let result = resolve(st, md, params, request_id, memory)
+        .instrument(span.clone())
+        .await;
+    match &result {
+        Ok(_) => span.record("otel.status_code", "OK"),
+        Err(_) => span.record("otel.status_code", "ERROR"),
+    };
+    result
+}
+
+async fn resolve(
+    st: &AppState,
+    md: &Metadata,
+    params: &SchemaRef,
+    request_id: &str,
+    memory: &CallMemory,
+) -> Result<ResolvedBatch> {
     let raw_url = md
         .get(keys::LOCATION)
         .ok_or_else(|| Error::Protocol("pointer without vgi_rpc.location".into()))?;
+    tracing::Span::current().record("url.full", crate::telemetry::url_attribute(raw_url));
     if let Some(fetcher) = &st.config.request_pointer_fetcher {
         let pointer = crate::wire::MetaBatch {
             batch: RecordBatch::new_empty(params.clone()),
@@ -64,6 +96,7 @@ pub(crate) async fn resolve_request_pointer(
     let started = Instant::now();
     let cap = st.config.max_upload_bytes;
     let got = storage.get(&key, None).await?;
+    tracing::Span::current().record("bytes", got.meta.size);
     // The stored size is known before the first byte is read; one over the cap is refused
     // below without reserving it.
     if got.meta.size <= cap {

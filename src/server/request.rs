@@ -94,7 +94,10 @@ pub(crate) async fn read_single_batch(
         .map_err(|e| ApiError::bad_request(format!("Malformed request: {e}")))?;
     let n = request.batches.len();
     match request.batches.into_iter().next() {
-        Some(b) if n == 1 => Ok(b),
+        Some(b) if n == 1 => {
+            super::trace::continue_from_metadata(&b.metadata);
+            Ok(b)
+        }
         _ => Err(ApiError::bad_request(format!(
             "Expected exactly one batch in the request stream, got {n}"
         ))

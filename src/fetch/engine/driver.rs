@@ -20,6 +20,7 @@ use super::probe::Probe;
 use super::request::{run_request, Event, Identity, Rejected, Req};
 use super::{stalled, Downloaded, Job, Output};
 use crate::error::{Error, FetchFailure, Result};
+use tracing::Instrument;
 
 /// How often the timer looks for stalls and stragglers.
 const TICK: Duration = Duration::from_millis(10);
@@ -336,14 +337,29 @@ impl<'a> Driver<'a> {
         } else {
             None
         };
-        let abort = self.tasks.spawn(run_request(
-            self.transport.clone(),
-            self.url.clone(),
-            headers,
-            id,
-            self.tx.clone(),
-            leftover,
-        ));
+        let span = tracing::debug_span!(
+            "spillway.fetch.range",
+            otel.name = "vgi_rpc.external/range",
+            otel.kind = "client",
+            chunk = ci,
+            hedge,
+            range.start = ask.start,
+            range.end = ask.last,
+            http.response.status_code = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let abort = self.tasks.spawn(
+            run_request(
+                self.transport.clone(),
+                self.url.clone(),
+                headers,
+                id,
+                self.tx.clone(),
+                leftover,
+            )
+            .instrument(span.clone()),
+        );
         self.reqs.insert(
             id,
             Req {
@@ -357,6 +373,7 @@ impl<'a> Driver<'a> {
                 expected_end: None,
                 bytes: 0,
                 abort,
+                span,
             },
         );
         let c = &mut self.chunks[ci];
@@ -588,6 +605,8 @@ impl<'a> Driver<'a> {
             return Ok(());
         };
         r.abort.abort();
+        r.span.record("bytes", r.bytes);
+        r.span.record("outcome", "failed");
         self.dirty = true;
         let ci = r.chunk;
         let c = &mut self.chunks[ci];
@@ -634,6 +653,15 @@ impl<'a> Driver<'a> {
             let Some(r) = self.reqs.remove(&id) else {
                 continue;
             };
+            r.span.record("bytes", r.bytes);
+            r.span.record(
+                "outcome",
+                if Some(id) == winner {
+                    "won"
+                } else {
+                    "cancelled"
+                },
+            );
             if Some(id) == winner {
                 if r.hedge {
                     self.stats.hedges_won += 1;

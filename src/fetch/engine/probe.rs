@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{self, HeaderValue};
 use reqwest::Method;
+use tracing::Instrument;
 use url::Url;
 
 use super::super::http::{
@@ -99,6 +100,33 @@ fn interpret(head: &Head, presigned: bool) -> Answer {
 /// Learns size, range support, encoding and ETag without downloading the body: HEAD for plain
 /// URLs, `Range: bytes=0-0` for presigned ones (signed for GET only). Retries like a chunk.
 pub(super) async fn probe(job: &Job<'_>, started: Instant) -> Result<Probe> {
+    let span = tracing::debug_span!(
+        "spillway.fetch.probe",
+        otel.name = "vgi_rpc.external/probe",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        size = tracing::field::Empty,
+        ranges = tracing::field::Empty,
+        requests = tracing::field::Empty,
+    );
+    let result = probe_in_span(job, started).instrument(span.clone()).await;
+    match &result {
+        Ok(p) => {
+            span.record("size", p.size);
+            span.record("ranges", p.ranges);
+            span.record("requests", p.requests);
+            span.record("otel.status_code", "OK");
+        }
+        Err(_) => {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    result
+}
+
+async fn probe_in_span(job: &Job<'_>, started: Instant) -> Result<Probe> {
     let cfg = job.config;
     let redacted = spillway_storage::redact_url(job.url.as_str());
     let presigned = is_presigned(&job.url);
@@ -109,6 +137,7 @@ pub(super) async fn probe(job: &Job<'_>, started: Instant) -> Result<Probe> {
     } else {
         Method::HEAD
     };
+    tracing::Span::current().record("http.request.method", method.as_str());
     let mut requests = 0u32;
     let mut failures = 0u32;
     loop {
@@ -124,6 +153,7 @@ pub(super) async fn probe(job: &Job<'_>, started: Instant) -> Result<Probe> {
             Ok((mut resp, final_url)) => {
                 let ttfb = Some(sent.elapsed());
                 let head = Head::of(&resp);
+                tracing::Span::current().record("http.response.status_code", head.status);
                 tracing::debug!(
                     status = head.status,
                     presigned,

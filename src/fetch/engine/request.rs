@@ -43,6 +43,7 @@ pub(super) async fn run_request(
         },
     };
     let head = Head::of(&resp);
+    tracing::Span::current().record("http.response.status_code", head.status);
     let success = (200..300).contains(&head.status);
     if tx.send(Event::Head(id, head)).await.is_err() || !success {
         return;
@@ -218,6 +219,8 @@ pub(super) struct Req {
     /// Body bytes received.
     pub(super) bytes: u64,
     pub(super) abort: AbortHandle,
+    /// The request's `spillway.fetch.range` span (ends with the request task and this).
+    pub(super) span: tracing::Span,
 }
 
 #[cfg(test)]
