@@ -6,7 +6,9 @@
 #   scripts/vgi-reference.sh find-python   print the base interpreter a new venv would use
 #
 # The venv lives under ${SPILLWAY_TOOLS_DIR:-$HOME/.cache/spillway-tools} and holds
-# vgi-rpc[http,external,cli]==0.52.2 (the library and its command line) and pytest, from the package index pip is configured with.
+# vgi-rpc[http,external,cli]==0.52.2 (the library and its command line), pytest, and jsonschema
+# (for the reference's access-log validator, vgi_rpc.access_log_conformance), from the package
+# index pip is configured with.
 # vgi-rpc 0.52.2 needs Python >= 3.13: set SPILLWAY_PYTHON to choose the interpreter, otherwise
 # the first of python3.14, python3.13, python3 on PATH that is new enough is used, then
 # pyenv's installed versions (which are not on PATH unless selected).
@@ -31,7 +33,8 @@ vgi_python() {
 }
 
 # True if the venv is complete: the pinned vgi-rpc with its http/external extras, pytest and
-# the plugins the conformance suite uses (pytest-timeout, psutil).
+# the plugins the conformance suite uses (pytest-timeout, psutil), and jsonschema (the access-log
+# validator's; a venv made before it was added fails this check and is rebuilt).
 venv_ok() {
   [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$VGI_RPC_VERSION" >/dev/null 2>&1 <<'EOF'
 import importlib.metadata as md
@@ -42,25 +45,42 @@ import pyarrow  # noqa: F401
 import psutil  # noqa: F401
 import pytest  # noqa: F401
 import pytest_timeout  # noqa: F401
+import jsonschema  # noqa: F401
 import vgi_rpc.external  # noqa: F401
 import vgi_rpc.http  # noqa: F401
 import vgi_rpc.cli  # noqa: F401  (the vgi-rpc command line, [cli])
 EOF
 }
 
+# The packages of the venv, as pip takes them.
+PACKAGES=("vgi-rpc[http,external,cli]==$VGI_RPC_VERSION" "pytest>=8" "pytest-timeout>=2" "psutil>=5" "jsonschema>=4")
+
+pip_install() {
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PACKAGES[@]}" >&2
+}
+
 install() {
   venv_ok && return 0
+  # A venv made before a package was added gets it in place (pip keeps what is there), so a
+  # test using the venv at the same time is not disturbed.
+  if [ -x "$VENV/bin/python" ]; then
+    say "completing $VENV (${PACKAGES[*]})"
+    if pip_install && venv_ok; then
+      say "installed."
+      return 0
+    fi
+    say "could not complete it; rebuilding"
+  fi
   local py
   py="$(vgi_python)" || exit 1
-  say "installing vgi-rpc[http,external,cli]==$VGI_RPC_VERSION and pytest into $VENV"
+  say "installing vgi-rpc[http,external,cli]==$VGI_RPC_VERSION, pytest and jsonschema into $VENV"
   say "  with $py ($("$py" -c 'import platform; print(platform.python_version())'))"
   mkdir -p "$TOOLS_DIR"
   # --clear: a venv left half-built by an interrupted install starts over.
   if ! "$py" -m venv --clear "$VENV" >&2; then
     die "'$py -m venv' failed (on Debian/Ubuntu system Pythons, install the python3.X-venv package)"
   fi
-  if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "vgi-rpc[http,external,cli]==$VGI_RPC_VERSION" "pytest>=8" "pytest-timeout>=2" "psutil>=5" >&2; then
+  if ! pip_install; then
     die "pip could not install vgi-rpc[http,external,cli]==$VGI_RPC_VERSION (is the package index reachable?)"
   fi
   venv_ok || die "the venv at $VENV is still incomplete after installing; remove it and retry"

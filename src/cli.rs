@@ -329,25 +329,10 @@ async fn storage_init(args: StorageInitArgs) -> Result<()> {
 
 /// Installs the tracing subscriber (`RUST_LOG` overrides the default level).
 pub fn init_tracing(default: &str, format: LogFormat) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // The filter is the log output's own (a per-layer filter): the OpenTelemetry layer sees
-    // Spillway's debug spans whatever the log level.
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let fmt = match format {
-        LogFormat::Json => fmt.json().boxed(),
-        LogFormat::Text => fmt.boxed(),
-    };
-    let _ = tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
-        .with(crate::telemetry::init())
-        .try_init();
+    crate::logging::init(default, format, None);
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    init_tracing("info", args.log_format);
+    crate::logging::init("info", args.log_format, Some(&args.server_id));
     crate::serve::run(args).await
 }

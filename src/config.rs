@@ -182,6 +182,25 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "SPILLWAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// This process's id, in every log line, the access log, error metadata and `/health`
+    /// (1-253 characters of `A-Z a-z 0-9 . _ : -`, e.g. the pod name) [default: random].
+    #[arg(
+        long,
+        env = "SPILLWAY_SERVER_ID",
+        default_value_t = crate::server::random_server_id(),
+        hide_default_value = true
+    )]
+    pub server_id: String,
+    /// Write one `vgi_rpc.access` JSON record per call and per stream step to stderr
+    /// (`on`/`off`).
+    #[arg(
+        long,
+        env = "SPILLWAY_ACCESS_LOG",
+        default_value = "on",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::Set
+    )]
+    pub access_log: bool,
     /// Serve `vgi_rpc.Reflection.v1` (`vgi-rpc describe`, capability listing); behind the
     /// same authentication and authorization as every protocol.
     #[arg(long, env = "SPILLWAY_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -222,6 +241,8 @@ impl fmt::Debug for ServeArgs {
             method_timeout,
             demo_max_blob_bytes,
             log_format,
+            server_id,
+            access_log,
             reflection,
             security,
             limits,
@@ -252,6 +273,8 @@ impl fmt::Debug for ServeArgs {
             .field("method_timeout", method_timeout)
             .field("demo_max_blob_bytes", demo_max_blob_bytes)
             .field("log_format", log_format)
+            .field("server_id", server_id)
+            .field("access_log", access_log)
             .field("reflection", reflection)
             .field("security", security)
             .field("limits", limits)
@@ -321,7 +344,16 @@ impl ServeArgs {
                 "SPILLWAY_MAX_REQUEST_BYTES must be at least 4096 (pointer and token requests need room)".into(),
             ));
         }
+        if !crate::server::is_valid_server_id(&self.server_id) {
+            return Err(Error::Config(format!(
+                "SPILLWAY_SERVER_ID must be 1 to {} characters of A-Z a-z 0-9 . _ : -, got {:?}",
+                crate::server::MAX_SERVER_ID_LEN,
+                self.server_id
+            )));
+        }
         Ok(ServerConfig {
+            server_id: self.server_id.clone(),
+            access_log: self.access_log,
             prefix: crate::wire::http::normalize_prefix(&self.prefix)
                 .map_err(|e| Error::Config(format!("SPILLWAY_PREFIX: {e}")))?,
             max_request_bytes: self.max_request_bytes,

@@ -31,6 +31,8 @@ pub mod demo;
 pub mod error;
 pub mod externalize;
 pub mod fetch;
+#[cfg(feature = "cli")]
+pub mod logging;
 pub mod object;
 #[cfg(feature = "cli")]
 pub mod serve;

@@ -10,6 +10,7 @@
 
 mod common;
 
+mod access_log;
 mod cli_reference;
 mod client_proxy;
 mod client_reference;

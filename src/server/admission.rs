@@ -166,6 +166,7 @@ pub(crate) async fn admit(
         .get::<Arc<AuthContext>>()
         .cloned()
         .unwrap_or_else(|| Arc::new(AuthContext::anonymous()));
+    super::access_log::note_auth(&auth);
     let principal = Some(&auth)
         .filter(|a| adm.per_principal && a.authenticated)
         .and_then(|a| a.principal.as_deref().map(Arc::<str>::from));

@@ -23,8 +23,13 @@ pub struct ServerConfig {
     pub upload_url_ttl: Duration,
     /// Longest a method may run.
     pub method_timeout: Duration,
-    /// An id for this process, in `/health` and error metadata.
+    /// An id for this process, in `/health`, error metadata (`vgi_rpc.server_id`) and the
+    /// access log.
     pub server_id: String,
+    /// Write a `vgi_rpc.access` record per call and per stream step to stderr (see the
+    /// README's operations section). Off by default in the library; `spillway serve` turns
+    /// it on (`SPILLWAY_ACCESS_LOG`).
+    pub access_log: bool,
     /// Externalization policy (used when a storage is configured).
     pub externalize: ExternalizeConfig,
     /// How request pointers are resolved. `None` (the default): only URLs of this server's
@@ -61,7 +66,8 @@ impl Default for ServerConfig {
             max_upload_bytes: 4 * 1024 * 1024 * 1024,
             upload_url_ttl: Duration::from_secs(3600),
             method_timeout: Duration::from_secs(600),
-            server_id: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            server_id: random_server_id(),
+            access_log: false,
             externalize: ExternalizeConfig::default(),
             request_pointer_fetcher: None,
             signing_secret: {
@@ -89,6 +95,7 @@ impl fmt::Debug for ServerConfig {
             .field("upload_url_ttl", &self.upload_url_ttl)
             .field("method_timeout", &self.method_timeout)
             .field("server_id", &self.server_id)
+            .field("access_log", &self.access_log)
             .field("externalize", &self.externalize)
             .field("request_pointer_fetcher", &self.request_pointer_fetcher)
             .field("signing_secret", &"<redacted>")
@@ -102,6 +109,25 @@ impl fmt::Debug for ServerConfig {
             .field("admission", &self.admission)
             .finish()
     }
+}
+
+/// A random server id: 12 hex digits.
+pub fn random_server_id() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+/// The longest server id accepted (a Kubernetes pod name is at most 253 characters).
+pub const MAX_SERVER_ID_LEN: usize = 253;
+
+/// Whether `id` can be a server id: 1 to [`MAX_SERVER_ID_LEN`] characters of
+/// `A-Z a-z 0-9 . _ : -` (a pod name, a host name), so it needs no escaping in a header, a
+/// log line or metadata.
+pub fn is_valid_server_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_SERVER_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// Normalizes a mount prefix leniently: `""`, or `/a/b` without a trailing slash, never

@@ -19,6 +19,7 @@
 // and boxing it on these cold error paths would only add noise.
 #![allow(clippy::result_large_err)]
 
+mod access_log;
 mod admission;
 pub mod auth;
 pub mod authz;
@@ -56,7 +57,9 @@ use axum::Router;
 use spillway_storage::Storage;
 
 pub use admission::AdmissionConfig;
-pub use config::{normalize_prefix, ServerConfig};
+pub use config::{
+    is_valid_server_id, normalize_prefix, random_server_id, ServerConfig, MAX_SERVER_ID_LEN,
+};
 pub use protocol::{
     empty_schema, is_valid_protocol_name, parse_semver, CallContext, HandlerResult, Method,
     Protocol, StreamMethod, StreamStart, StreamTurn, TurnOutput, UnaryMethod, CANCEL_KEY,
@@ -238,7 +241,10 @@ impl Server {
         };
         let admission =
             admission::Admission::new(&config.admission, emit, self.auth.is_some(), self.drain);
+        let protocol_hashes = reflection::protocol_hashes(protocols.values());
         let state = Arc::new(AppState {
+            server_id: Arc::from(config.server_id.as_str()),
+            protocol_hashes,
             admission,
             auth: self.auth,
             authz: self.authz,

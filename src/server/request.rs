@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
+use super::access_log;
 use super::body::{check_content_type, read_body};
 use super::memory::CallMemory;
 use super::pointers::resolve_request_pointer;
@@ -134,6 +135,7 @@ pub(crate) async fn read_call(
     } else {
         outer
     };
+    access_log::note_request(&params);
     if !params_schema.fields().is_empty() && params.num_rows() != 1 {
         return Err(ApiError::bad_request(format!(
             "Expected 1 row in request batch, got {}",

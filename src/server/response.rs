@@ -5,6 +5,7 @@ use arrow_schema::SchemaRef;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::access_log;
 use super::memory::OVERLOADED_ERROR;
 use super::protocol::empty_schema;
 use crate::error::Error;
@@ -163,9 +164,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let batch = self
-            .error
-            .to_batch(&self.schema, self.request_id.as_deref());
+        let batch = access_log::error_batch(&self.error, &self.schema, self.request_id.as_deref());
         let body = write_stream(&self.schema, &[batch]).unwrap_or_default();
         // A refusal of the memory budget, wherever in the call it happened, is a 503 the
         // client may retry (see `memory`), not a failure of the method.

@@ -2,14 +2,15 @@
 //! compression, `Connection: close` after an unread body, the access log and the request
 //! metrics.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use super::access_log::{self, AccessRecord, CallNotes};
 use super::compress;
 use super::response::ExternalizedBytes;
 use super::rpc_call;
@@ -39,6 +40,11 @@ pub(crate) async fn stamp_headers(
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let rpc = rpc_call::classify(&st, &route, &path);
+    let remote_addr = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
     req.extensions_mut().insert(RequestId(request_id.clone()));
     // Decremented on drop, so a call abandoned by its client is not counted forever.
     struct InFlight(metrics::Gauge);
@@ -63,11 +69,18 @@ pub(crate) async fn stamp_headers(
         .is_some_and(|v| v.as_bytes() != b"0")
         || req.headers().contains_key(header::TRANSFER_ENCODING);
     let body_done = Arc::new(AtomicBool::new(!has_body));
+    // The request body as received (before decompression), for the access log.
+    let request_bytes = Arc::new(AtomicU64::new(0));
     if has_body {
         let flag = body_done.clone();
+        let counted = request_bytes.clone();
         let (parts, body) = req.into_parts();
         let tracked = futures::StreamExt::chain(
-            body.into_data_stream(),
+            futures::StreamExt::inspect(body.into_data_stream(), move |chunk| {
+                if let Ok(c) = chunk {
+                    counted.fetch_add(c.len() as u64, Ordering::Relaxed);
+                }
+            }),
             futures::stream::once(async move {
                 flag.store(true, Ordering::SeqCst);
                 Ok::<_, axum::Error>(bytes::Bytes::new())
@@ -75,7 +88,11 @@ pub(crate) async fn stamp_headers(
         );
         req = Request::from_parts(parts, axum::body::Body::from_stream(tracked));
     }
-    let resp = next.run(req).await;
+    let notes = Arc::new(Mutex::new(CallNotes {
+        server_id: Some(st.server_id.clone()),
+        ..CallNotes::default()
+    }));
+    let resp = access_log::run(notes.clone(), next.run(req)).await;
     let mut resp = compress::compress_response(codec, resp).await;
     drop(in_flight);
     if !body_done.load(Ordering::SeqCst) {
@@ -131,21 +148,62 @@ pub(crate) async fn stamp_headers(
     metrics::counter!("spillway_http_requests_total", &labels).increment(1);
     metrics::histogram!("spillway_http_request_duration_seconds", &labels[..2])
         .record(elapsed.as_secs_f64());
+    let rpc_error = resp.headers().contains_key(http::RPC_ERROR);
     if let Some(rpc) = &rpc {
         // A refusal (4xx, 503) and an EXCEPTION answered as 200 + X-VGI-RPC-Error both fail.
-        let ok = resp.status().is_success() && !resp.headers().contains_key(http::RPC_ERROR);
+        let ok = resp.status().is_success() && !rpc_error;
         rpc_call::record(rpc, ok, elapsed);
+        if let (Some(protocol), Some(rpc_method), true) =
+            (&rpc.protocol, &rpc.method, cfg.access_log)
+        {
+            let mut notes = notes.lock().map(|n| n.clone()).unwrap_or_default();
+            // A stream turn refused before its tokens were read or issued still names a
+            // stream, as the schema requires: a fresh one, which no other turn shares.
+            if rpc.method_type == rpc_call::MethodType::Stream && notes.stream_id.is_none() {
+                notes.stream_id = Some(format!("{:032x}", rand::random::<u128>()));
+            }
+            access_log::submit(AccessRecord {
+                at: std::time::SystemTime::now(),
+                server_id: &cfg.server_id,
+                server_version: env!("CARGO_PKG_VERSION"),
+                protocol: protocol.name(),
+                protocol_hash: st
+                    .protocol_hashes
+                    .get(protocol.name())
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+                method: rpc_method,
+                method_type: rpc.method_type,
+                remote_addr,
+                duration: elapsed,
+                http_status: status,
+                rpc_error,
+                request_id: &request_id,
+                request_bytes: Some(request_bytes.load(Ordering::Relaxed)),
+                response_bytes: http_body::Body::size_hint(resp.body()).exact(),
+                externalized_bytes: externalized,
+                notes: &notes,
+                // Put on the response by the call span's layer (`trace::trace_call`), which
+                // runs inside this one: here the span is already closed.
+                trace: resp
+                    .extensions()
+                    .get::<super::trace::CallTrace>()
+                    .map(|t| (t.trace_id.clone(), t.span_id.clone())),
+                dropped: 0,
+            });
+        }
     }
-    tracing::info!(
+    // The HTTP-level line: the access record above is the one per call at INFO.
+    tracing::debug!(
         target: "spillway::access",
         %method,
         path = %path,
         status,
         externalized_bytes = externalized,
-        rpc_error = resp.headers().contains_key(http::RPC_ERROR),
+        rpc_error,
         elapsed_ms = elapsed.as_secs_f64() * 1000.0,
         request_id = %request_id,
-        "rpc"
+        "request"
     );
     resp
 }

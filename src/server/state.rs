@@ -1,6 +1,6 @@
 //! The state every handler shares, and the per-request extensions the router adds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,6 +30,11 @@ pub(crate) struct AppState {
     pub(crate) authz: Option<Arc<AuthzPolicy>>,
     /// The memory budget, call slots and draining flag.
     pub(crate) admission: Admission,
+    /// `config.server_id`, shared with every call's access-log notes.
+    pub(crate) server_id: Arc<str>,
+    /// Each hosted protocol's hash (the reference's `compute_protocol_hash`), for the access
+    /// log.
+    pub(crate) protocol_hashes: HashMap<String, String>,
 }
 
 /// The cached storage verdict of `/readyz`: when it was reached, and the reason the store is

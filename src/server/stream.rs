@@ -15,6 +15,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 
+use super::access_log;
 use super::admission::Admitted;
 use super::emit::{emit_cycle, response_limit, response_too_large};
 use super::invoke::{conform_result, run_handler};
@@ -46,7 +47,7 @@ fn error_response(
     error: RpcError,
     request_id: &str,
 ) -> Response {
-    logs.push(error.to_batch(schema, Some(request_id)));
+    logs.push(access_log::error_batch(&error, schema, Some(request_id)));
     stream_response(schema, &logs, true, 0, request_id)
 }
 
@@ -168,7 +169,10 @@ pub(crate) async fn init_route(
         method: &method,
     };
     let (call_token, sealed_call) = match st.tokens.issue_call(&scope, limit, dynamic) {
-        Ok(t) => t,
+        Ok(t) => {
+            access_log::note_stream(&t.1.id);
+            t
+        }
         Err(e) => {
             return ApiError::server(too_large(e))
                 .with_request_id(rid)
@@ -227,6 +231,7 @@ pub(crate) async fn init_route(
             }
         };
         let mut batches = pending_logs;
+        access_log::note_state(None, Some(cursor.len() + call_token.len()));
         batches.push(sentinel(&output, cursor, Some(call_token)));
         if let Err(resp) = append_stream(&mut body, &output, &batches, rid) {
             return resp;
@@ -253,7 +258,10 @@ pub(crate) async fn init_route(
     let mut batches = step.batches;
     if !step.finished {
         match st.tokens.issue_cursor(&scope, &sealed_call, &step.state, 1) {
-            Ok(cursor) => batches.push(sentinel(&output, cursor, Some(call_token))),
+            Ok(cursor) => {
+                access_log::note_state(None, Some(cursor.len() + call_token.len()));
+                batches.push(sentinel(&output, cursor, Some(call_token)))
+            }
             Err(e) => {
                 return ApiError::server(too_large(e))
                     .with_request_id(rid)
@@ -301,7 +309,7 @@ async fn produce_step(
     let result = run_handler(st, method, (sm.turn)(ctx.clone(), turn)).await;
     logs.extend(logs_on(ctx, output));
     let error_cycle = |mut logs: Vec<MetaBatch>, e: RpcError| {
-        logs.push(e.to_batch(output, Some(ctx.request_id())));
+        logs.push(access_log::error_batch(&e, output, Some(ctx.request_id())));
         logs
     };
     let out = match result {
@@ -419,8 +427,12 @@ pub(crate) async fn exchange_route(
         protocol: proto.name(),
         method: &method,
     };
+    access_log::note_state(Some(cursor.len() + call_token.len()), None);
     let call = match st.tokens.open_call(&scope, call_token) {
-        Ok(c) => c,
+        Ok(c) => {
+            access_log::note_stream(&c.id);
+            c
+        }
         Err(e) => return token_error(e, rid),
     };
     let (state, seq) = match st.tokens.open_cursor(&scope, cursor, &call) {
@@ -450,6 +462,7 @@ pub(crate) async fn exchange_route(
         memory.clone(),
     );
     if md.contains_key(keys::CANCEL) {
+        access_log::note_cancel();
         if let Some(cancel) = &sm.cancel {
             cancel(ctx.clone(), state).await;
         }
@@ -471,7 +484,10 @@ pub(crate) async fn exchange_route(
                 let mut batches = step.batches;
                 if !step.finished {
                     match st.tokens.issue_cursor(&scope, &call, &step.state, seq + 1) {
-                        Ok(cursor) => batches.push(sentinel(&output, cursor, None)),
+                        Ok(cursor) => {
+                            access_log::note_state(None, Some(cursor.len()));
+                            batches.push(sentinel(&output, cursor, None))
+                        }
                         Err(e) => return fail(Vec::new(), too_large(e)),
                     }
                 }
@@ -541,6 +557,7 @@ pub(crate) async fn exchange_route(
         Ok(c) => c,
         Err(e) => return fail(logs, too_large(e)),
     };
+    access_log::note_state(None, Some(cursor.len()));
     out_md.insert(keys::STREAM_STATE.into(), cursor);
     let data = MetaBatch {
         batch,

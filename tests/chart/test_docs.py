@@ -121,6 +121,7 @@ def renders_of_everything() -> list[Rendered]:
             "streamTokenTtl": 1,
             "demoMaxBlobBytes": 1,
             "reflection": False,
+            "accessLog": False,
             "logLevel": "debug",
             "memoryLimit": "1GiB",
             "admissionTimeout": 1,

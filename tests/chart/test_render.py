@@ -70,6 +70,13 @@ def assert_grace(rendered: Rendered) -> None:
     assert rendered.pod_spec()["terminationGracePeriodSeconds"] > grace + sleep
 
 
+def test_server_id_is_the_pod_name_unless_set():
+    env = render({"server": {"serverId": "edge-1", "accessLog": False}}).env()
+    assert env["SPILLWAY_SERVER_ID"] == "edge-1"
+    assert env["SPILLWAY_ACCESS_LOG"] == "false"
+    assert "SPILLWAY_ACCESS_LOG" not in render().env()
+
+
 def test_defaults():
     r = render()
     assert r.kinds() == ["Deployment", "Pod", "Service", "ServiceAccount"]
@@ -87,6 +94,8 @@ def test_defaults():
         },
         "SPILLWAY_STORAGE": "local",
         "SPILLWAY_LOCAL_DIR": "/var/lib/spillway/objects",
+        # Each replica names itself after its pod.
+        "SPILLWAY_SERVER_ID": {"fieldRef": {"fieldPath": "metadata.name"}},
     }
     assert r.container()["resources"]["limits"]["memory"] == "2Gi"
     c = r.container()

@@ -109,6 +109,9 @@ impl TestServer {
             &listen,
             "--local-dir",
             local_dir.to_str().unwrap(),
+            // In-process: the records would go to the test binary's stderr, uncaptured.
+            "--access-log",
+            "off",
         ];
         argv.extend_from_slice(flags);
         let cli = Cli::try_parse_from(argv).unwrap();

@@ -102,6 +102,27 @@ fn build_catalog(server_id: &str, primary: &str, hosted: &[Arc<Protocol>]) -> Ca
     }
 }
 
+/// Each protocol's hash, by name (reflection's own included when hosted), for the access
+/// log. A protocol with a type that has no canonical token (which reflection reports as an
+/// error) gets the hash of its name alone, so its records still carry a well-formed digest.
+pub(crate) fn protocol_hashes<'a>(
+    hosted: impl Iterator<Item = &'a Arc<Protocol>>,
+) -> HashMap<String, String> {
+    hosted
+        .map(|p| {
+            let shapes = if p.name() == REFLECTION_PROTOCOL {
+                reflection_shapes()
+            } else {
+                shapes_of(p)
+            };
+            let hash = protocol_hash(p.name(), &shapes)
+                .or_else(|_| protocol_hash(p.name(), &[]))
+                .unwrap_or_default();
+            (p.name().to_string(), hash)
+        })
+        .collect()
+}
+
 fn answer(bytes: &EncodeResult<Vec<u8>>) -> HandlerResult {
     let bytes = bytes.as_ref().map_err(|e| RpcError::internal(e.clone()))?;
     RecordBatch::try_new(
