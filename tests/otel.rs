@@ -151,6 +151,14 @@ fn otel_env(sink: &Sink, service: &str) -> Vec<(String, String)> {
 }
 
 fn serve(env: &[(String, String)], dir: &tempfile::TempDir) -> ServedBinary {
+    serve_logged(env, dir).0
+}
+
+/// As [`serve`], keeping the server's stderr (its `vgi_rpc.access` records).
+fn serve_logged(
+    env: &[(String, String)],
+    dir: &tempfile::TempDir,
+) -> (ServedBinary, crate::common::LogLines) {
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("{TOKEN} alice\n")).unwrap();
     let tokens = tokens.to_str().unwrap().to_string();
@@ -160,7 +168,7 @@ fn serve(env: &[(String, String)], dir: &tempfile::TempDir) -> ServedBinary {
         ("SPILLWAY_AUTH_TOKENS_FILE", &tokens),
     ];
     all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    ServedBinary::start(&all)
+    ServedBinary::start_logged(&all)
 }
 
 fn stop(mut served: ServedBinary) {
@@ -178,7 +186,7 @@ fn a_call_that_externalizes_is_one_connected_trace() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let served = serve(&otel_env(&sink, "otel-test-server"), &dir);
+    let (served, log) = serve_logged(&otel_env(&sink, "otel-test-server"), &dir);
     let out = dir.path().join("out.arrow");
     let call = Command::new(BIN)
         .args(["call", "--url", &served.url, "-o"])
@@ -252,6 +260,34 @@ fn a_call_that_externalizes_is_one_connected_trace() {
     }
     let trace = s(client, "trace_id");
     assert_eq!(trace.len(), 32);
+    // The call's access record names its trace and server span: the join key between the
+    // log and the trace.
+    let records: Vec<Value> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["logger"] == "vgi_rpc.access" && r["method"] == "blob")
+        .collect();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["trace_id"], trace, "{records:#?}");
+    assert_eq!(records[0]["span_id"], s(server, "span_id"), "{records:#?}");
+    // With the trace fields in, the records still pass the reference's own validator.
+    if let Some(python) = crate::common::vgi_python() {
+        let file = dir.path().join("server.log");
+        std::fs::write(&file, log.lock().unwrap().join("\n")).unwrap();
+        let validated = Command::new(&python)
+            .args(["-m", "vgi_rpc.access_log_conformance"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            validated.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&validated.stdout),
+            String::from_utf8_lossy(&validated.stderr)
+        );
+    }
     for x in &spans {
         assert_eq!(s(x, "trace_id"), trace, "one trace: {x:#}");
     }
