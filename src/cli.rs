@@ -198,6 +198,18 @@ pub struct ClientArgs {
     /// when the method may already have run: only for idempotent methods.
     #[arg(long, env = "SPILLWAY_CALL_RETRY_IDEMPOTENT")]
     pub retry_idempotent: bool,
+    /// Credentials and TLS (`--token`, `--ca-cert`, `--client-cert`, ...).
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+    /// Tuning of the pointer fetch engine (`--fetch-*`, `SPILLWAY_FETCH_*`).
+    #[command(flatten)]
+    pub fetch: crate::fetch::FetchArgs,
+}
+
+/// The credential and TLS flags of every command that talks to a server (`call`, `describe`,
+/// `top`): one definition, so their names, variables and checks cannot drift apart.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CredentialArgs {
     /// Bearer token sent as `Authorization: Bearer ...` on the RPC requests (never to storage
     /// URLs). Prefer `SPILLWAY_TOKEN_FILE`: a flag shows in the process list.
     #[arg(
@@ -221,9 +233,27 @@ pub struct ClientArgs {
     /// PEM private key of `--client-cert`.
     #[arg(long, env = "SPILLWAY_CLIENT_KEY", requires = "client_cert")]
     pub client_key: Option<PathBuf>,
-    /// Tuning of the pointer fetch engine (`--fetch-*`, `SPILLWAY_FETCH_*`).
-    #[command(flatten)]
-    pub fetch: crate::fetch::FetchArgs,
+}
+
+impl CredentialArgs {
+    /// The token, CA bundle and client identity these flags name, set on `config`.
+    pub fn apply(&self, config: &mut ClientConfig) -> Result<()> {
+        if let Some(token) = &self.token {
+            let token = BearerToken::new(token.expose())
+                .map_err(|e| Error::Config(format!("--token / SPILLWAY_TOKEN: {e}")))?;
+            config.token = Some(Arc::new(token));
+        }
+        if let Some(path) = &self.token_file {
+            config.token = Some(Arc::new(FileToken::new(path)));
+        }
+        if !self.ca_cert.is_empty() {
+            config.ca = CaBundle::from_files(&self.ca_cert)?;
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            config.identity = Some(ClientIdentity::from_files(cert, key)?);
+        }
+        Ok(())
+    }
 }
 
 /// A secret command-line value (`--token`): its `Debug` prints `<redacted>`, and parsing it
@@ -280,21 +310,7 @@ impl ClientArgs {
 
     /// The credential and TLS settings of the call, applied to `config`.
     pub fn apply_security(&self, config: &mut ClientConfig) -> Result<()> {
-        if let Some(token) = &self.token {
-            let token = BearerToken::new(token.expose())
-                .map_err(|e| Error::Config(format!("--token / SPILLWAY_TOKEN: {e}")))?;
-            config.token = Some(Arc::new(token));
-        }
-        if let Some(path) = &self.token_file {
-            config.token = Some(Arc::new(FileToken::new(path)));
-        }
-        if !self.ca_cert.is_empty() {
-            config.ca = CaBundle::from_files(&self.ca_cert)?;
-        }
-        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-            config.identity = Some(ClientIdentity::from_files(cert, key)?);
-        }
-        Ok(())
+        self.credentials.apply(config)
     }
 }
 

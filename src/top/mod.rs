@@ -13,16 +13,14 @@ mod ui;
 mod view;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::cli::SecretArg;
-use crate::client::{BearerToken, ClientIdentity, FileToken, TokenProvider};
+use crate::cli::CredentialArgs;
+use crate::client::{ClientConfig, TokenProvider};
 use crate::error::{Error, Result};
-use crate::fetch::CaBundle;
 
 use model::{replica_stats, Scrape, Stats};
 use scrape::Target;
@@ -49,29 +47,10 @@ pub struct TopArgs {
     /// Sort the tables by: calls, errors, p99 or name.
     #[arg(long, default_value = "calls", value_parser = parse_sort)]
     pub sort: String,
-    /// Bearer token for `/metrics` on a server with authentication (as `spillway call`).
-    /// Prefer `SPILLWAY_TOKEN_FILE`: a flag shows in the process list.
-    #[arg(
-        long,
-        env = "SPILLWAY_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "token_file"
-    )]
-    pub token: Option<SecretArg>,
-    /// File holding the bearer token, re-read when it changes.
-    #[arg(long, env = "SPILLWAY_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// PEM CA bundles trusted for https next to the platform's roots; comma-separated or
-    /// repeated.
-    #[arg(long, env = "SPILLWAY_CA_CERT", value_delimiter = ',')]
-    pub ca_cert: Vec<PathBuf>,
-    /// PEM client certificate chain presented to replicas that ask for one (mTLS), as
-    /// `spillway call`.
-    #[arg(long, env = "SPILLWAY_CLIENT_CERT", requires = "client_key")]
-    pub client_cert: Option<PathBuf>,
-    /// PEM private key of `--client-cert`.
-    #[arg(long, env = "SPILLWAY_CLIENT_KEY", requires = "client_cert")]
-    pub client_key: Option<PathBuf>,
+    /// Credentials and TLS for `/metrics` on a server with authentication or mTLS, as
+    /// `spillway call` (`--token`, `--token-file`, `--ca-cert`, `--client-cert`, ...).
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
 }
 
 fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
@@ -123,33 +102,24 @@ impl Watcher {
             .iter()
             .map(|u| Target::parse(u).map(|t| (t, None)).map_err(Error::Config))
             .collect::<Result<Vec<_>>>()?;
-        let token: Option<Arc<dyn TokenProvider>> = match (&args.token, &args.token_file) {
-            (Some(t), _) => {
-                Some(Arc::new(BearerToken::new(t.expose()).map_err(|e| {
-                    Error::Config(format!("--token / SPILLWAY_TOKEN: {e}"))
-                })?))
-            }
-            (None, Some(path)) => Some(Arc::new(FileToken::new(path))),
-            (None, None) => None,
-        };
+        let mut creds = ClientConfig::default();
+        args.credentials.apply(&mut creds)?;
         let timeout = Duration::from_secs_f64(args.timeout);
         let mut builder = reqwest::Client::builder()
             // The whole scrape is bounded by `timeout` (scrape::scrape), which says so.
             .connect_timeout(timeout)
             // A replica's metrics are its own: a redirect elsewhere would carry the token away.
             .redirect(reqwest::redirect::Policy::none());
-        if !args.ca_cert.is_empty() {
-            builder = CaBundle::from_files(&args.ca_cert)?.apply(builder);
-        }
-        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
-            builder = builder.identity(ClientIdentity::from_files(cert, key)?.reqwest());
+        builder = creds.ca.apply(builder);
+        if let Some(identity) = &creds.identity {
+            builder = builder.identity(identity.reqwest());
         }
         let client = builder
             .build()
             .map_err(|e| Error::Config(format!("cannot build the http client: {e}")))?;
         Ok(Watcher {
             client,
-            token,
+            token: creds.token,
             timeout,
             replicas,
             round: 0,
