@@ -29,20 +29,26 @@ pub fn split_target(target: &str) -> Result<(&str, &str)> {
     }
 }
 
+/// `name[:TYPE]=value` split into its parts.
+fn split_param(arg: &str) -> Result<(&str, Option<&str>, &str)> {
+    let (lhs, value) = arg.split_once('=').ok_or_else(|| {
+        Error::Config(format!(
+            "parameter must be name=value or name:TYPE=value, got {arg:?}"
+        ))
+    })?;
+    Ok(match lhs.split_once(':') {
+        Some((name, ty)) => (name, Some(ty), value),
+        None => (lhs, None, value),
+    })
+}
+
 /// Builds the one-row parameter batch from `name[:TYPE]=value` arguments.
 pub fn parse_params(args: &[String]) -> Result<RecordBatch> {
     let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     for arg in args {
-        let (lhs, value) = arg.split_once('=').ok_or_else(|| {
-            Error::Config(format!(
-                "parameter must be name=value or name:TYPE=value, got {arg:?}"
-            ))
-        })?;
-        let (name, ty) = match lhs.split_once(':') {
-            Some((n, t)) => (n, Some(t.to_ascii_lowercase())),
-            None => (lhs, None),
-        };
+        let (name, ty, value) = split_param(arg)?;
+        let ty = ty.map(|t| t.to_ascii_lowercase());
         if name.is_empty() {
             return Err(Error::Config(format!("parameter without a name: {arg:?}")));
         }
@@ -155,15 +161,7 @@ pub(super) fn describe_fields(schema: &Schema) -> String {
 pub fn parse_params_for(args: &[String], declared: &Schema, method: &str) -> Result<RecordBatch> {
     let mut given: Vec<(usize, ArrayRef)> = Vec::new();
     for arg in args {
-        let (lhs, value) = arg.split_once('=').ok_or_else(|| {
-            Error::Config(format!(
-                "parameter must be name=value or name:TYPE=value, got {arg:?}"
-            ))
-        })?;
-        let (name, ty) = match lhs.split_once(':') {
-            Some((n, t)) => (n, Some(t)),
-            None => (lhs, None),
-        };
+        let (name, ty, value) = split_param(arg)?;
         let Some((index, field)) = declared.column_with_name(name) else {
             return Err(Error::Config(format!(
                 "unknown parameter {name:?} of {method}: it takes {}",
