@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
-use arrow_array::{Float64Array, RecordBatch, StringArray};
+use arrow_array::{Float64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use spillway::server::{Protocol, Server, ServerConfig, StreamMethod, StreamStart, TurnOutput};
-use spillway::wire::{read_streams, IpcStream, RpcError};
+use spillway::server::{Protocol, Server, ServerConfig};
+use spillway::wire::{read_streams, IpcStream};
 
 use crate::common::{ServedBinary, TestServer, BIN};
 
@@ -424,65 +424,10 @@ fn schema(fields: &[(&str, DataType)]) -> SchemaRef {
     ))
 }
 
-/// `scale(factor: float64)`: an exchange of `value: float64` rows, each multiplied by the
-/// factor, with a header `description: "x{factor}"`; negative input fails the step.
-fn scaler() -> StreamMethod {
-    let io = schema(&[("value", DataType::Float64)]);
-    let header = schema(&[("description", DataType::Utf8)]);
-    let (header2, out) = (header.clone(), io.clone());
-    StreamMethod::exchange(
-        schema(&[("factor", DataType::Float64)]),
-        io.clone(),
-        io,
-        move |_ctx, p| {
-            let header = header2.clone();
-            async move {
-                let f = p.column(0).as_primitive::<Float64Type>().value(0);
-                let h = RecordBatch::try_new(
-                    header,
-                    vec![Arc::new(StringArray::from(vec![format!("x{f}")]))],
-                )
-                .map_err(|e| RpcError::internal(e.to_string()))?;
-                Ok(StreamStart {
-                    state: f.to_le_bytes().to_vec(),
-                    header: Some(h),
-                    output_schema: None,
-                })
-            }
-        },
-        move |_ctx, turn| {
-            let out = out.clone();
-            async move {
-                let f = f64::from_le_bytes(turn.state[..8].try_into().unwrap());
-                let input = turn
-                    .input
-                    .ok_or_else(|| RpcError::invalid_argument("no input"))?;
-                let col = input
-                    .column_by_name("value")
-                    .and_then(|c| c.as_primitive_opt::<Float64Type>())
-                    .ok_or_else(|| RpcError::invalid_argument("value must be float64"))?;
-                if col.values().iter().any(|v| *v < 0.0) {
-                    return Err(RpcError::new("ValueError", "negative input"));
-                }
-                let scaled: Float64Array = col.values().iter().map(|v| v * f).collect();
-                Ok(TurnOutput {
-                    state: turn.state,
-                    output: Some((
-                        RecordBatch::try_new(out, vec![Arc::new(scaled)]).unwrap(),
-                        Default::default(),
-                    )),
-                    finished: false,
-                })
-            }
-        },
-    )
-    .with_header(header)
-}
-
 async fn exchange_server() -> TestServer {
     let protocol = Protocol::new("test.Scale.v1")
         .unwrap()
-        .stream("scale", scaler());
+        .stream("scale", crate::streams::scaler());
     TestServer::start_server(
         Server::new(ServerConfig::default())
             .with_protocol(protocol)

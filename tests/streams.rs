@@ -93,8 +93,10 @@ fn counter() -> StreamMethod {
     )
 }
 
-/// `scale(factor)`: value * factor; a header with the factor; fails on negative input.
-fn scaler() -> StreamMethod {
+/// `scale(factor: float64)`: an exchange of `value: float64` rows, each multiplied by the
+/// factor, with a header `description: "x{factor}"`; negative input fails the step; each
+/// output carries the input's metadata keys as `input_keys`. Also used by `cli_streams`.
+pub(crate) fn scaler() -> StreamMethod {
     let io = schema(&[("value", DataType::Float64)]);
     let header = schema(&[("description", DataType::Utf8)]);
     let header2 = header.clone();
@@ -111,7 +113,7 @@ fn scaler() -> StreamMethod {
                     header,
                     vec![Arc::new(StringArray::from(vec![format!("x{f}")]))],
                 )
-                .unwrap();
+                .map_err(|e| RpcError::internal(e.to_string()))?;
                 Ok(StreamStart {
                     state: f.to_le_bytes().to_vec(),
                     header: Some(h),
@@ -123,8 +125,13 @@ fn scaler() -> StreamMethod {
             let out = out.clone();
             async move {
                 let f = f64::from_le_bytes(turn.state[..8].try_into().unwrap());
-                let input = turn.input.unwrap();
-                let col = input.column(0).as_primitive::<Float64Type>();
+                let input = turn
+                    .input
+                    .ok_or_else(|| RpcError::invalid_argument("no input"))?;
+                let col = input
+                    .column_by_name("value")
+                    .and_then(|c| c.as_primitive_opt::<Float64Type>())
+                    .ok_or_else(|| RpcError::invalid_argument("value must be float64"))?;
                 if col.values().iter().any(|v| *v < 0.0) {
                     return Err(RpcError::new("ValueError", "negative input"));
                 }
