@@ -10,11 +10,12 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Float64Array, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_schema::DataType;
 use spillway::server::{Protocol, Server, ServerConfig};
 use spillway::wire::{read_streams, IpcStream};
 
 use crate::common::{ServedBinary, TestServer, BIN};
+use crate::streams::schema;
 
 /// `spillway ARGS... --url URL`, nothing inherited but `PATH`.
 fn spillway(url: &str, args: &[&str]) -> Output {
@@ -413,15 +414,6 @@ fn without_reflection_describe_says_why_and_call_needs_the_kind() {
         &spillway(&s.url, &["call", "blob", "size=1"]),
         &["a bare method name needs reflection"],
     );
-}
-
-fn schema(fields: &[(&str, DataType)]) -> SchemaRef {
-    Arc::new(Schema::new(
-        fields
-            .iter()
-            .map(|(n, t)| Field::new(*n, t.clone(), false))
-            .collect::<Vec<_>>(),
-    ))
 }
 
 async fn exchange_server() -> TestServer {

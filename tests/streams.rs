@@ -14,7 +14,8 @@ use spillway_storage::Storage;
 
 use crate::common::*;
 
-fn schema(fields: &[(&str, DataType)]) -> SchemaRef {
+/// A schema of non-nullable fields (also used by `cli_streams`).
+pub(crate) fn schema(fields: &[(&str, DataType)]) -> SchemaRef {
     Arc::new(Schema::new(
         fields
             .iter()
