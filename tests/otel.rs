@@ -442,3 +442,53 @@ fn with_export_switched_off_nothing_reaches_the_receiver() {
         "spans were exported with OTEL_SDK_DISABLED=true: {spans:#?}"
     );
 }
+
+#[test]
+fn a_request_that_travels_through_an_upload_url_is_read_inside_the_calls_trace() {
+    let Some(sink) = Sink::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = otel_env(&sink, "otel-test-server");
+    // Above this the client uploads the request and sends a pointer to it.
+    env.push(("SPILLWAY_MAX_REQUEST_BYTES".into(), "65536".into()));
+    let served = serve(&env, &dir);
+    let input = dir.path().join("in.bin");
+    std::fs::write(&input, crate::common::generated_bytes(300_000, 13)).unwrap();
+    let call = Command::new(BIN)
+        .args(["call", "--url", &served.url, "spillway.Demo.v1.echo"])
+        .arg(format!("data:binary=@{}", input.display()))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SPILLWAY_TOKEN", TOKEN)
+        .envs(otel_env(&sink, "otel-test-cli"))
+        .output()
+        .unwrap();
+    assert!(
+        call.status.success(),
+        "{}",
+        String::from_utf8_lossy(&call.stderr)
+    );
+    stop(served);
+    let spans = sink.wait_for("the request pointer's read", |spans| {
+        has(spans, "otel-test-cli", "vgi_rpc/echo")
+            && has(spans, "otel-test-server", "spillway.request_pointer/read")
+    });
+    let client = one(&spans, "otel-test-cli", "vgi_rpc/echo").clone();
+    let spans: Vec<Value> = spans
+        .iter()
+        .filter(|x| s(x, "trace_id") == s(&client, "trace_id"))
+        .cloned()
+        .collect();
+    let server = one(&spans, "otel-test-server", "vgi_rpc/echo");
+    let read = one(&spans, "otel-test-server", "spillway.request_pointer/read");
+    assert_child(server, &client);
+    assert_child(read, server);
+    let url = attr(read, "url.full");
+    let url = url.as_str().unwrap_or("");
+    assert!(url.starts_with("http://127.0.0.1:"), "{read:#}");
+    assert!(
+        !url.contains('?'),
+        "a signed query string in a span: {read:#}"
+    );
+}
