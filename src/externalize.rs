@@ -198,7 +198,7 @@ impl Externalizer {
             otel.status_code = Empty,
             rpc.method = method,
             compression = %self.config.compression,
-            estimated_bytes,
+            estimated_bytes = crate::telemetry::int(estimated_bytes),
             raw_bytes = Empty,
             stored_bytes = Empty,
             url = Empty,
@@ -209,8 +209,8 @@ impl Externalizer {
             .await;
         match &result {
             Ok(x) => {
-                span.record("raw_bytes", x.raw_bytes);
-                span.record("stored_bytes", x.stored_bytes);
+                span.record("raw_bytes", crate::telemetry::int(x.raw_bytes));
+                span.record("stored_bytes", crate::telemetry::int(x.stored_bytes));
                 span.record("url", crate::telemetry::url_attribute(x.url.url.as_str()));
                 span.record("otel.status_code", "OK");
             }
@@ -315,7 +315,7 @@ impl Externalizer {
         let ((put_result, upload_time), encode_result) = tokio::join!(put, encode);
         match &put_result {
             Ok(meta) => {
-                upload_span.record("upload_bytes", meta.size);
+                upload_span.record("upload_bytes", crate::telemetry::int(meta.size));
                 upload_span.record("otel.status_code", "OK");
             }
             Err(_) => {
@@ -337,7 +337,7 @@ impl Externalizer {
             .storage
             .presign(&key, PresignMethod::Get, self.config.presign_ttl)
             .await?;
-        upload_span.record("original_bytes", raw_bytes);
+        upload_span.record("original_bytes", crate::telemetry::int(raw_bytes));
         upload_span.record("url", crate::telemetry::url_attribute(url.url.as_str()));
         let pointer = pointer_batch(schema, url.url.as_str(), Some(&sha256));
         Ok(Externalized {
@@ -463,8 +463,8 @@ fn record_encode(span: &tracing::Span, result: &std::result::Result<Encoded, Enc
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     match result {
         Ok(e) => {
-            span.record("original_bytes", e.raw_bytes);
-            span.record("encoded_bytes", e.stored_bytes);
+            span.record("original_bytes", crate::telemetry::int(e.raw_bytes));
+            span.record("encoded_bytes", crate::telemetry::int(e.stored_bytes));
             span.record("encode_ms", ms(e.timings.encode));
             span.record("hash_ms", ms(e.timings.hash));
             span.record("compress_ms", ms(e.timings.compress));

@@ -165,6 +165,13 @@ pub fn span_ids(span: &tracing::Span) -> Option<(String, String)> {
     ))
 }
 
+/// A count or size as a span attribute. `tracing-opentelemetry` exports only `i64` fields as
+/// OTLP integers (a `u64`, `usize` or `u16` would arrive as a string), so numbers go
+/// through here; beyond `i64::MAX` (never, for sizes) it saturates.
+pub fn int<T: TryInto<i64>>(value: T) -> i64 {
+    value.try_into().unwrap_or(i64::MAX)
+}
+
 /// A URL as a span attribute: scheme, host, port and path only. Query strings (presigned
 /// signatures), fragments and user info never leave the process in an attribute.
 pub fn url_attribute(raw: &str) -> String {

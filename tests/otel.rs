@@ -258,6 +258,14 @@ fn a_call_that_externalizes_is_one_connected_trace() {
     for r in &ranges {
         assert_child(r, fetch);
     }
+    // Sizes and status codes arrive as OTLP integers, not strings.
+    assert!(
+        attr(externalize, "raw_bytes").as_i64().unwrap_or(0) > 300_000,
+        "{externalize:#}"
+    );
+    assert_eq!(attr(server, "http.response.status_code"), 200, "{server:#}");
+    assert!(attr(fetch, "bytes").as_i64().is_some(), "{fetch:#}");
+    assert!(attr(client, "server.port").as_i64().is_some(), "{client:#}");
     let trace = s(client, "trace_id");
     assert_eq!(trace.len(), 32);
     // The call's access record names its trace and server span: the join key between the

@@ -26,7 +26,10 @@ pub(super) fn call_span(
         rpc.method = method,
         rpc.vgi_rpc.stream_step = step,
         server.address = url.as_ref().and_then(|u| u.host_str().map(str::to_string)),
-        server.port = url.as_ref().and_then(url::Url::port_or_known_default),
+        server.port = url
+            .as_ref()
+            .and_then(url::Url::port_or_known_default)
+            .map(crate::telemetry::int),
         error.type = Empty,
         rpc.vgi_rpc.error_code = Empty,
     )

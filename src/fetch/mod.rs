@@ -329,12 +329,12 @@ impl Fetcher {
             Ok(d) => {
                 let s = &d.stats;
                 span.record("otel.status_code", "OK");
-                span.record("bytes", s.encoded_bytes);
-                span.record("chunks", s.chunks);
-                span.record("requests", s.requests);
-                span.record("retries", s.retries);
-                span.record("hedges_launched", s.hedges_launched);
-                span.record("hedges_won", s.hedges_won);
+                span.record("bytes", crate::telemetry::int(s.encoded_bytes));
+                span.record("chunks", crate::telemetry::int(s.chunks));
+                span.record("requests", crate::telemetry::int(s.requests));
+                span.record("retries", crate::telemetry::int(s.retries));
+                span.record("hedges_launched", crate::telemetry::int(s.hedges_launched));
+                span.record("hedges_won", crate::telemetry::int(s.hedges_won));
                 span.record("ranged", s.ranged);
                 tracing::debug!(
                     bytes = d.stats.encoded_bytes,

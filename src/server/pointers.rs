@@ -96,7 +96,7 @@ async fn resolve(
     let started = Instant::now();
     let cap = st.config.max_upload_bytes;
     let got = storage.get(&key, None).await?;
-    tracing::Span::current().record("bytes", got.meta.size);
+    tracing::Span::current().record("bytes", crate::telemetry::int(got.meta.size));
     // The stored size is known before the first byte is read; one over the cap is refused
     // below without reserving it.
     if got.meta.size <= cap {

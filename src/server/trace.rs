@@ -104,7 +104,7 @@ pub(crate) async fn trace_call(
     // A handler failure is answered 200 + X-VGI-RPC-Error (the server's fault: ERROR, as the
     // reference's server-fault codes); a 4xx is the caller's and leaves the status unset.
     let flagged = resp.headers().contains_key(http::RPC_ERROR);
-    span.record("http.response.status_code", status);
+    span.record("http.response.status_code", telemetry::int(status));
     span.record("rpc.vgi_rpc.error", flagged || status >= 400);
     if flagged || status >= 500 {
         span.record("otel.status_code", "ERROR");

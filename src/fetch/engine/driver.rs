@@ -341,10 +341,10 @@ impl<'a> Driver<'a> {
             "spillway.fetch.range",
             otel.name = "vgi_rpc.external/range",
             otel.kind = "client",
-            chunk = ci,
+            chunk = crate::telemetry::int(ci),
             hedge,
-            range.start = ask.start,
-            range.end = ask.last,
+            range.start = crate::telemetry::int(ask.start),
+            range.end = ask.last.map(crate::telemetry::int),
             http.response.status_code = tracing::field::Empty,
             bytes = tracing::field::Empty,
             outcome = tracing::field::Empty,
@@ -385,7 +385,7 @@ impl<'a> Driver<'a> {
             self.stats.hedges_launched += 1;
             metrics::counter!("spillway_fetch_hedges_launched_total").increment(1);
             tracing::debug!(
-                chunk = ci,
+                chunk = crate::telemetry::int(ci),
                 from = ask.start,
                 "straggler: hedge request launched"
             );
@@ -605,7 +605,7 @@ impl<'a> Driver<'a> {
             return Ok(());
         };
         r.abort.abort();
-        r.span.record("bytes", r.bytes);
+        r.span.record("bytes", crate::telemetry::int(r.bytes));
         r.span.record("outcome", "failed");
         self.dirty = true;
         let ci = r.chunk;
@@ -635,7 +635,7 @@ impl<'a> Driver<'a> {
         self.stats.retries += 1;
         metrics::counter!("spillway_fetch_retries_total").increment(1);
         tracing::debug!(
-            chunk = ci,
+            chunk = crate::telemetry::int(ci),
             failures = c.failures,
             delay_ms = delay.as_millis() as u64,
             error = %error,
@@ -653,7 +653,7 @@ impl<'a> Driver<'a> {
             let Some(r) = self.reqs.remove(&id) else {
                 continue;
             };
-            r.span.record("bytes", r.bytes);
+            r.span.record("bytes", crate::telemetry::int(r.bytes));
             r.span.record(
                 "outcome",
                 if Some(id) == winner {
@@ -784,7 +784,7 @@ impl<'a> Driver<'a> {
             };
             if let Some(reason) = hedge::straggler(progress, &t) {
                 tracing::debug!(
-                    chunk = ci,
+                    chunk = crate::telemetry::int(ci),
                     reason = reason.as_str(),
                     waited_ms = now.duration_since(newest.sent).as_millis() as u64,
                     received = newest.bytes,

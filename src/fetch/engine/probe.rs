@@ -114,9 +114,9 @@ pub(super) async fn probe(job: &Job<'_>, started: Instant) -> Result<Probe> {
     let result = probe_in_span(job, started).instrument(span.clone()).await;
     match &result {
         Ok(p) => {
-            span.record("size", p.size);
-            span.record("ranges", p.ranges);
-            span.record("requests", p.requests);
+            span.record("size", p.size.map(crate::telemetry::int));
+            span.record("ranges", crate::telemetry::int(p.ranges));
+            span.record("requests", crate::telemetry::int(p.requests));
             span.record("otel.status_code", "OK");
         }
         Err(_) => {
@@ -153,7 +153,10 @@ async fn probe_in_span(job: &Job<'_>, started: Instant) -> Result<Probe> {
             Ok((mut resp, final_url)) => {
                 let ttfb = Some(sent.elapsed());
                 let head = Head::of(&resp);
-                tracing::Span::current().record("http.response.status_code", head.status);
+                tracing::Span::current().record(
+                    "http.response.status_code",
+                    crate::telemetry::int(head.status),
+                );
                 tracing::debug!(
                     status = head.status,
                     presigned,

@@ -43,7 +43,10 @@ pub(super) async fn run_request(
         },
     };
     let head = Head::of(&resp);
-    tracing::Span::current().record("http.response.status_code", head.status);
+    tracing::Span::current().record(
+        "http.response.status_code",
+        crate::telemetry::int(head.status),
+    );
     let success = (200..300).contains(&head.status);
     if tx.send(Event::Head(id, head)).await.is_err() || !success {
         return;
