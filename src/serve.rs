@@ -17,6 +17,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr()?;
+    // Bound before "spillway serving" is logged: whoever waits for that line (a test, a
+    // supervisor) may connect to both ports at once.
+    let admin_listener = match args.admin_listen {
+        Some(admin_addr) => Some(
+            tokio::net::TcpListener::bind(admin_addr)
+                .await
+                .map_err(|e| Error::Config(format!("cannot listen on {admin_addr}: {e}")))?,
+        ),
+        None => None,
+    };
     if !args.security.auth_enabled() && !addr.ip().is_loopback() {
         tracing::warn!(
             listen = %addr,
@@ -44,10 +54,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    if let Some(admin_addr) = args.admin_listen {
-        let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-            .await
-            .map_err(|e| Error::Config(format!("cannot listen on {admin_addr}: {e}")))?;
+    if let Some(admin_listener) = admin_listener {
         tracing::info!(admin_listen = %admin_listener.local_addr()?, "admin endpoints: /livez /readyz /metrics");
         // Plain HTTP even when the main listener has TLS: the admin port is for probes and
         // the metrics scraper inside the cluster.
