@@ -10,6 +10,7 @@
 //! - [`externalize`]: result batch → compressed object in storage → pointer.
 //! - [`object`]: stored bytes → decoded, verified batch (the reader rules).
 //! - [`fetch`]: getting an object's bytes over HTTP.
+//! - [`gateway`]: Spillway in front of any vgi-rpc HTTP service (`spillway gateway`).
 //! - [`url_policy`]: which URLs may be fetched.
 //! - [`server`]: the axum HTTP RPC server and the API to register protocols.
 //! - [`client`]: the Rust client.
@@ -31,6 +32,7 @@ pub mod demo;
 pub mod error;
 pub mod externalize;
 pub mod fetch;
+pub mod gateway;
 #[cfg(feature = "cli")]
 pub mod logging;
 pub mod object;
